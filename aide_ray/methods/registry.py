@@ -1,0 +1,40 @@
+"""Method name -> implementing class, imported lazily.
+
+Adding a method is one new module in this package and one line here. The map
+holds import paths rather than classes so that validating a config does not
+import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aide_ray.methods.base import Method
+
+__all__ = ["METHOD_NAMES", "method_class"]
+
+_METHODS: dict[str, str] = {
+    "aide": "aide_ray.methods.aide:Aide",
+    "supervised": "aide_ray.methods.supervised:Supervised",
+    "coteaching": "aide_ray.methods.coteaching:CoTeaching",
+    "gce": "aide_ray.methods.gce:Gce",
+    "nrdice": "aide_ray.methods.nrdice:NrDice",
+    "meanteacher": "aide_ray.methods.meanteacher:MeanTeacher",
+    "cps": "aide_ray.methods.cps:Cps",
+}
+
+METHOD_NAMES: frozenset[str] = frozenset(_METHODS)
+
+
+def method_class(name: str) -> type["Method"]:
+    """The class implementing method ``name``.
+
+    Raises:
+        ValueError: if ``name`` is not registered (lists the valid names).
+    """
+    if name not in _METHODS:
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {name!r}")
+    module, cls = _METHODS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
