@@ -401,16 +401,19 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 # Small, CPU-friendly settings used when `train` is run with no config at all.
+# Labels are first corrected after three epochs of learning (warm-up 0, every 3
+# epochs), since a net of a few minutes' training would otherwise relabel with
+# near-empty predictions.
 DEMO_SETTINGS: dict[str, Any] = {
-    "epochs": 4,
-    "batch_size": 8,
+    "epochs": 8,
+    "batch_size": 4,
     "workers": 2,
     "cpus_per_worker": 1.0,
     "model.base_width": 8,
-    "optim.lr": 2e-3,
-    "aide.warmup_epochs": 2,
-    "aide.update_every": 2,
-    "aide.ramp_epochs": 2,
+    "optim.lr": 3e-3,
+    "aide.warmup_epochs": 0,
+    "aide.update_every": 3,
+    "aide.ramp_epochs": 4,
 }
 
 

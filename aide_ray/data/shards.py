@@ -1,0 +1,221 @@
+"""The Parquet slice shards: schema, dataset.json, and readers (Ray Data and local).
+
+``aide-ray ingest`` writes one row per 2D slice into ``part-NNNNN.parquet``
+files plus ``dataset.json``; this module is the one place that knows that
+layout. Training streams rows with :func:`read_slices` (Ray Data) and decodes
+them with :func:`aide_ray.data.decode.decode_batch`; evaluation, figures and
+tests use :func:`read_slices_local` (pyarrow only), which yields the same
+decoded samples without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
+
+from aide_ray.data.decode import decode_batch
+from aide_ray.exceptions import InputError
+
+if TYPE_CHECKING:
+    import ray.data
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "DATASET_JSON",
+    "load_dataset_info",
+    "shard_files",
+    "read_slices",
+    "read_slices_local",
+    "summarize",
+]
+
+SCHEMA_VERSION = 1
+DATASET_JSON = "dataset.json"
+
+SCHEMA: pa.Schema = pa.schema([
+    pa.field("sample_id", pa.string(), nullable=False),  # "case_id/annotator/slice", annotator "-" when empty
+    pa.field("sample_index", pa.int64(), nullable=False),  # dense 0..N-1 over all rows, in sample_id order
+    pa.field("case_id", pa.string(), nullable=False),
+    pa.field("slice_index", pa.int32(), nullable=False),  # numpy axis 0 of the (resampled) volume
+    pa.field("num_modalities", pa.int32(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("image", pa.binary(), nullable=False),  # float32 little-endian C-order (M, H, W)
+    pa.field("label", pa.binary(), nullable=True),  # uint8 (H, W) in {0, 1}; null when label_kind is none
+    pa.field("clean_label", pa.binary(), nullable=True),  # uint8 (H, W); diagnostics only, never trained on
+    pa.field("label_kind", pa.string(), nullable=False),  # hq | lq | none
+    pa.field("annotator", pa.string(), nullable=False),  # "" when the manifest has none
+    pa.field("domain", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),  # train | val | test
+    pa.field("spacing_x", pa.float64(), nullable=False),  # mm, after resampling
+    pa.field("spacing_y", pa.float64(), nullable=False),
+    pa.field("spacing_z", pa.float64(), nullable=False),  # 1.0 for 2D images
+])
+
+
+def load_dataset_info(shards_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``dataset.json`` of a shards folder.
+
+    Raises:
+        InputError: if the folder or its dataset.json is missing, unreadable,
+            or of another schema version.
+    """
+    path = Path(shards_dir) / DATASET_JSON
+    if not path.is_file():
+        raise InputError(f"{path} not found: {shards_dir} is not a shards folder written by `aide-ray ingest`")
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"cannot read {path}: {e}") from e
+    if not isinstance(info, dict) or info.get("schema_version") != SCHEMA_VERSION:
+        version = info.get("schema_version") if isinstance(info, dict) else None
+        raise InputError(f"{path}: schema_version must be {SCHEMA_VERSION}, got {version!r}")
+    return info
+
+
+def shard_files(shards_dir: str | os.PathLike) -> list[str]:
+    """Absolute paths of the folder's shards, in order (as listed in dataset.json)."""
+    info = load_dataset_info(shards_dir)
+    files = [str(Path(shards_dir).resolve() / name) for name in info["shards"]]
+    missing = [f for f in files if not os.path.isfile(f)]
+    if missing:
+        raise InputError(f"{shards_dir}: shard file(s) listed in {DATASET_JSON} are missing: {missing[:3]}")
+    return files
+
+
+def _check_split(split: str | None, info: dict[str, Any], shards_dir: str | os.PathLike) -> None:
+    if split is not None and split not in info["counts"]["split"]:
+        raise InputError(f"{shards_dir}: split must be one of {sorted(info['counts']['split'])}, got {split!r}")
+
+
+def read_slices(path: str | os.PathLike, split: str | None = None, *,
+                columns: Sequence[str] | None = None) -> "ray.data.Dataset":
+    """Stream slice rows with Ray Data (raw, undecoded columns of :data:`SCHEMA`).
+
+    Args:
+        path: shards folder.
+        split: keep only rows of this split (pushed down into the Parquet scan); None: all rows.
+        columns: keep only these columns; None: all.
+    Returns:
+        A lazy ``ray.data.Dataset``; decode with
+        ``ds.map_batches(decode_batch, batch_format="numpy")``.
+    Raises:
+        InputError: not a shards folder, or a split that the dataset lacks.
+    """
+    import ray.data
+    from ray.data.expressions import col
+
+    info = load_dataset_info(path)
+    _check_split(split, info, path)
+    ds = ray.data.read_parquet(shard_files(path))
+    if split is not None:
+        ds = ds.filter(expr=col("split") == split)
+    if columns is not None:
+        unknown = sorted(set(columns) - set(SCHEMA.names))
+        if unknown:
+            raise InputError(f"columns must be among {SCHEMA.names}, got unknown {unknown}")
+        ds = ds.select_columns(list(columns))
+    return ds
+
+
+def _table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def read_slices_local(path: str | os.PathLike, split: str | None = None) -> dict[str, np.ndarray]:
+    """Read and decode every row (of one split) with pyarrow only, sorted by sample_index.
+
+    Args:
+        path: shards folder.
+        split: keep only this split; None: all rows.
+    Returns:
+        The output of :func:`aide_ray.data.decode.decode_batch` for all rows
+        (``image`` (N, M, H, W) float32, ``label`` (N, H, W) uint8, ...).
+    """
+    info = load_dataset_info(path)
+    _check_split(split, info, path)
+    dataset = pds.dataset(shard_files(path), format="parquet", schema=SCHEMA)
+    table = dataset.to_table(filter=None if split is None else pc.field("split") == split)
+    table = table.sort_by("sample_index")
+    if table.num_rows == 0:
+        m, h, w = info["shape"]
+        return {
+            "image": np.zeros((0, m, h, w), np.float32), "label": np.zeros((0, h, w), np.uint8),
+            "has_label": np.zeros(0, bool), "hq": np.zeros(0, bool), "clean_label": np.zeros((0, h, w), np.uint8),
+            "has_clean_label": np.zeros(0, bool), "sample_index": np.zeros(0, np.int64),
+            "sample_id": np.zeros(0, object), "case_id": np.zeros(0, object), "slice_index": np.zeros(0, np.int32),
+        }
+    return decode_batch(_table_to_numpy(table))
+
+
+def _summary_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-row statistics of a raw batch (runs in Ray Data tasks)."""
+    decoded = decode_batch(batch)
+    pixels = decoded["label"].shape[1] * decoded["label"].shape[2] if len(decoded["label"]) else 0
+    return {
+        "split": np.asarray(batch["split"]).astype(str),
+        "label_kind": np.asarray(batch["label_kind"]).astype(str),
+        "has_label": decoded["has_label"],
+        "foreground": decoded["label"].reshape(len(decoded["label"]), -1).sum(axis=1).astype(np.int64),
+        "has_clean_label": decoded["has_clean_label"],
+        "clean_foreground": decoded["clean_label"].reshape(len(decoded["clean_label"]), -1).sum(axis=1)
+        .astype(np.int64),
+        "pixels": np.full(len(decoded["label"]), pixels, dtype=np.int64),
+        "image_mean": decoded["image"].reshape(len(decoded["image"]), -1).mean(axis=1).astype(np.float64),
+    }
+
+
+def summarize(shards_dir: str | os.PathLike, *, batch_size: int = 16) -> pd.DataFrame:
+    """Stream one epoch through Ray Data and tabulate it.
+
+    Uses the current Ray session (Ray Data starts one if none is running).
+
+    Args:
+        shards_dir: shards folder.
+        batch_size: rows per batch streamed to the driver.
+    Returns:
+        One row per (split, label_kind) with columns ``split``, ``label_kind``,
+        ``slices``, ``labelled``, ``foreground_fraction`` (mean over labelled
+        slices), ``clean_foreground_fraction`` (over slices with a clean label),
+        ``image_mean``; ``attrs`` holds ``shape`` [M, H, W], ``batches``,
+        ``seconds`` and ``slices_per_s``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    info = load_dataset_info(shards_dir)
+    ds = read_slices(shards_dir).map_batches(_summary_batch, batch_format="numpy")
+    parts: list[pd.DataFrame] = []
+    batches = 0
+    start = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        parts.append(pd.DataFrame({k: np.asarray(v) for k, v in batch.items()}))
+        batches += 1
+    seconds = time.perf_counter() - start
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[
+        "split", "label_kind", "has_label", "foreground", "has_clean_label", "clean_foreground", "pixels",
+        "image_mean"])
+    out = []
+    for (split, kind), g in rows.groupby(["split", "label_kind"], sort=True):
+        lab, clean = g[g["has_label"]], g[g["has_clean_label"]]
+        out.append({
+            "split": split, "label_kind": kind, "slices": len(g), "labelled": len(lab),
+            "foreground_fraction": float(lab["foreground"].sum() / lab["pixels"].sum()) if len(lab) else float("nan"),
+            "clean_foreground_fraction": float(clean["clean_foreground"].sum() / clean["pixels"].sum())
+            if len(clean) else float("nan"),
+            "image_mean": float(g["image_mean"].mean()),
+        })
+    table = pd.DataFrame(out, columns=["split", "label_kind", "slices", "labelled", "foreground_fraction",
+                                       "clean_foreground_fraction", "image_mean"])
+    table.attrs.update(shape=list(info["shape"]), batches=batches, seconds=seconds,
+                       slices_per_s=(len(rows) / seconds) if seconds > 0 else float("nan"))
+    return table

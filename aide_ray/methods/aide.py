@@ -1,0 +1,202 @@
+"""AIDE's training step: twin nets, crossed small-loss selection, consistency with the twin's pseudo-labels.
+
+The per-batch part of AIDE lives here as plain PyTorch; the epoch-end global
+label correction is in :mod:`aide_ray.methods.correction` and is run by the
+engines. docs/algorithm.md gives the formulas and every difference from the
+paper and the reference code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from aide_ray.methods.base import Batch, Method, StepOutput
+from aide_ray.nn.augment import augmented_pseudo_label, default_rows_per_pass
+from aide_ray.nn.losses import consistency_loss_per_sample, segmentation_loss_per_sample
+
+__all__ = ["Aide", "aide_losses", "ramp_weight", "small_loss_selection", "aide_net_loss", "twin_of"]
+
+
+def ramp_weight(epoch: int, ramp_epochs: int) -> float:
+    """r = min((epoch / q_t)^2, 1) for the 0-based ``epoch`` (reference ``rate_schedule``)."""
+    if ramp_epochs < 1:
+        raise ValueError(f"ramp_epochs must be >= 1, got {ramp_epochs}")
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return min((epoch / ramp_epochs) ** 2, 1.0)
+
+
+def small_loss_selection(ranking_loss: Tensor, fraction: float, candidates: Tensor) -> Tensor:
+    """The rows a twin deems clean: the ``fraction`` of candidate rows with the smallest loss.
+
+    Args:
+        ranking_loss: (B,) per-sample loss of the *twin* net on its own labels.
+        fraction: share of the candidates to select, in (0, 1].
+        candidates: (B,) bool, rows that may be selected (the labelled rows).
+
+    Returns:
+        (B,) bool, exactly ``max(1, floor(fraction * n + 0.5))`` candidates (none
+        when n = 0), smallest loss first, ties broken by row index.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    n = int(candidates.sum())
+    selected = torch.zeros_like(candidates, dtype=torch.bool)
+    if n == 0:
+        return selected
+    k = min(n, max(1, math.floor(fraction * n + 0.5)))
+    # Non-candidates sort last; a stable sort keeps index order among equal losses.
+    key = torch.where(candidates, ranking_loss.detach().float(), torch.full_like(ranking_loss, math.inf,
+                                                                                dtype=torch.float32))
+    order = torch.sort(key, stable=True).indices
+    selected[order[:k]] = True
+    return selected
+
+
+def aide_net_loss(seg: Tensor, con: Tensor | None, selected: Tensor, labelled: Tensor, ramp: float,
+                  consistency_weight: float) -> Tensor:
+    """One net's AIDE loss from its per-sample losses.
+
+    ``mean_{selected} L_seg + mean_{rest} [(1 - r_i) L_seg + lambda * r_i * L_con]``
+    with r_i = ``ramp`` for labelled rows and r_i = 1 for unlabelled rows (pure
+    consistency). The two means are taken separately, as in the reference code
+    (``loss1_seg1 + (1 - r) * loss1_seg2 + lambda * r * loss1_cor``); an empty
+    group contributes 0.
+
+    Args:
+        seg: (B,) L_seg of the net on its current labels.
+        con: (B,) L_con against the twin's pseudo-label, or None when no row needs it.
+        selected: (B,) bool, rows the twin picked as small-loss (labelled only).
+        labelled: (B,) bool.
+        ramp: r in [0, 1].
+        consistency_weight: lambda.
+
+    Returns:
+        Scalar loss.
+    """
+    rest = ~selected
+    r = torch.where(labelled, torch.full_like(seg, ramp), torch.ones_like(seg))
+    row = torch.where(selected, seg, (1.0 - r) * torch.where(labelled, seg, torch.zeros_like(seg)))
+    if con is not None:
+        row = row + torch.where(rest, consistency_weight * r * con, torch.zeros_like(con))
+    n_sel = selected.sum().clamp_min(1)
+    n_rest = rest.sum().clamp_min(1)
+    return torch.where(selected, row, 0.0).sum() / n_sel + torch.where(rest, row, 0.0).sum() / n_rest
+
+
+def twin_of(name: str, net_names: tuple[str, str]) -> str:
+    """The other net of the pair."""
+    a, b = net_names
+    if name not in net_names:
+        raise ValueError(f"net name must be one of {net_names}, got {name!r}")
+    return b if name == a else a
+
+
+def aide_losses(
+    logits: Mapping[str, Tensor],
+    labels: Tensor,
+    labelled: Tensor,
+    pseudo: Mapping[str, Tensor] | None,
+    *,
+    ramp: float,
+    consistency_weight: float,
+    small_loss_fraction: float,
+    net_names: tuple[str, str] = ("net1", "net2"),
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """AIDE's per-net losses for one batch, given the nets' logits and pseudo-labels (pure function).
+
+    For each (net, twin): the twin's per-sample L_seg on the twin's labels picks
+    the small-loss rows that train ``net`` with plain L_seg (crossed selection);
+    on the other rows ``net`` gets ``(1 - r) L_seg + lambda r L_con`` against the
+    twin's sharpened pseudo-label (``aide_net_loss``).
+
+    Args:
+        logits: net name -> (B, C, H, W) logits of the training forward pass.
+        labels: (B, 2, H, W) int64 current labels; slot i belongs to ``net_names[i]``.
+        labelled: (B,) bool.
+        pseudo: net name -> (B, C, H, W) that net's sharpened pseudo-label; None
+            when the consistency term has zero weight on every row.
+        ramp: r in [0, 1].
+        consistency_weight: lambda.
+        small_loss_fraction: share of the labelled rows each twin selects.
+        net_names: the pair, in label-slot order.
+
+    Returns:
+        losses: net name -> scalar loss.
+        selected: net name -> (B,) bool, the rows selected (by the twin) for that net.
+    """
+    if labels.dim() != 4 or labels.shape[1] != 2:
+        raise ValueError(f"labels must have shape (B, 2, H, W), got {tuple(labels.shape)}")
+    seg = {name: segmentation_loss_per_sample(logits[name], labels[:, slot])
+           for slot, name in enumerate(net_names)}
+    losses, selected = {}, {}
+    for name in net_names:
+        twin = twin_of(name, net_names)
+        selected[name] = small_loss_selection(seg[twin].detach(), small_loss_fraction, labelled)
+        con = None
+        if pseudo is not None:
+            con = consistency_loss_per_sample(torch.softmax(logits[name], dim=1), pseudo[twin])
+        losses[name] = aide_net_loss(seg[name], con, selected[name], labelled, ramp, consistency_weight)
+    return losses, selected
+
+
+class Aide(Method):
+    """AIDE: Annotation-effIcient Deep lEarning with twin cross-correcting U-Nets.
+
+    Wang, S., Li, C., et al. "Annotation-efficient deep learning for automatic
+    medical image segmentation." Nature Communications 12, 5915 (2021),
+    Algorithm 1; reference code github.com/lich0031/AIDE.
+
+    Per batch (:meth:`train_step`): each net's per-sample L_seg on its own
+    current labels ranks the batch for its *twin* (crossed small-loss
+    selection); the selected rows train with L_seg, the others with
+    ``(1 - r) L_seg + lambda r L_con`` against the twin's pseudo-label (mean
+    softmax over K rotated/flipped views, sharpened), r ramping as
+    ``min((epoch / q_t)^2, 1)``. Rows without a label (``batch.labelled``
+    False) are never selected and use r = 1: pure consistency.
+
+    Per epoch (engines, :mod:`aide_ray.methods.correction`): the labels of the
+    worst-fitting share R of the samples are replaced, crossed, by the nets'
+    predictions.
+    """
+
+    name = "aide"
+    net_names = ("net1", "net2")
+    trained_nets = ("net1", "net2")
+    eval_nets = ("net1", "net2")
+    label_slots = 2
+    corrects_labels = True
+    uses_unlabelled = True
+
+    def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
+        cfg = self.cfg.aide
+        names: tuple[str, str] = self.net_names  # type: ignore[assignment]
+        ramp = ramp_weight(epoch, cfg.ramp_epochs)
+        logits = {name: nets[name](batch.image) for name in names}
+        labelled = batch.labelled.bool()
+        # The consistency term weighs lambda * r_i; at epoch 0 with every row
+        # labelled it is zero everywhere, so the K x B forward passes are skipped.
+        needs_pseudo = cfg.consistency_weight > 0 and (ramp > 0 or not bool(labelled.all()))
+        pseudo = None
+        if needs_pseudo:
+            pseudo = {
+                name: augmented_pseudo_label(
+                    nets[name], batch.image, cfg.num_augmentations, cfg.rotation_degrees, cfg.temperature,
+                    eval_mode=cfg.pseudo_label_eval_mode,
+                    fallback_probs=torch.softmax(logits[name].detach(), dim=1),
+                    rows_per_pass=default_rows_per_pass(batch.image),
+                )
+                for name in names
+            }
+        losses, selected = aide_losses(
+            logits, batch.labels, labelled, pseudo, ramp=ramp, consistency_weight=cfg.consistency_weight,
+            small_loss_fraction=cfg.small_loss_fraction, net_names=names,
+        )
+        metrics = {f"loss_{name}": float(losses[name].detach()) for name in names}
+        metrics["ramp"] = ramp
+        metrics["selected_fraction"] = float(selected[names[0]].float().mean())
+        return StepOutput(loss=losses[names[0]] + losses[names[1]], metrics=metrics)
