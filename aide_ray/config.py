@@ -64,7 +64,7 @@ class _Section:
             bad = bad or (value >= hi if hi_open else value > hi)
         if bad:
             left = "(" if lo_open else "["
-            right = ")" if hi_open else "]"
+            right = ")" if hi_open or hi is None else "]"
             lo_s = "-inf" if lo is None else f"{lo:g}"
             hi_s = "inf" if hi is None else f"{hi:g}"
             _fail(self._key(name), f"in {left}{lo_s}, {hi_s}{right}", value)

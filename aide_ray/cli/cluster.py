@@ -214,6 +214,9 @@ def _head_env(auth: str) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # On SIGTERM (`down`) Ray first drains the node for Serve proxies (30 s by default);
+    # a local head serves no traffic, so stop at once.
+    env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     return env
 
 

@@ -23,8 +23,8 @@ from torch import nn
 
 from aide_ray.engine.step import correction_candidates, ensemble_probs, make_optimizers, train_one_step
 from aide_ray.methods.base import Batch, Method
-from aide_ray.methods.correction import (dice_per_sample, eligible_mask, select_for_correction, should_update,
-                                         target_slot)
+from aide_ray.methods.correction import (dice_per_sample, eligible_mask, has_foreground, select_for_correction,
+                                         should_update, target_slot)
 from aide_ray.methods.registry import method_class
 
 if TYPE_CHECKING:
@@ -142,18 +142,20 @@ def apply_correction(current: np.ndarray, candidates: list[tuple[np.ndarray, np.
     """Write the crossed label update into ``current`` (N, S, H, W) in place.
 
     For each scoring slot s, the samples its net fits worst (``select_for_correction``)
-    get that net's prediction in slot ``target_slot(s)``. All selections are made
-    from the candidates computed before any write.
+    get that net's prediction in slot ``target_slot(s)``, unless the prediction
+    is empty (``has_foreground``). All selections are made from the candidates
+    computed before any write.
 
     Returns:
         Number of (sample, slot) labels replaced.
     """
     num_slots = current.shape[1]
-    decisions = [(s, select_for_correction(dice, ratio, eligible), pred) for s, (dice, pred) in enumerate(candidates)]
+    decisions = [(s, select_for_correction(dice, ratio, eligible) & has_foreground(pred), pred)
+                 for s, (dice, pred) in enumerate(candidates)]
     changed = 0
-    for s, selected, pred in decisions:
-        current[selected, target_slot(s, num_slots)] = pred[selected]
-        changed += int(selected.sum())
+    for s, write, pred in decisions:
+        current[write, target_slot(s, num_slots)] = pred[write]
+        changed += int(write.sum())
     return changed
 
 

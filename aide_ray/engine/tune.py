@@ -503,7 +503,7 @@ def _has_val(cfg: Config, shards: Path) -> bool:
     # The same rule as build_datasets: a validation dataset exists iff its split has rows.
     from aide_ray.data.shards import load_dataset_info
 
-    counts = load_dataset_info(shards)["counts_by_split_kind"]
+    counts = load_dataset_info(shards)["counts"]["split_label_kind"]
     return bool(cfg.data.val_split) and sum(int(v) for v in counts.get(cfg.data.val_split, {}).values()) > 0
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "largest_component_per_class",
     "eligible_mask",
     "select_for_correction",
+    "has_foreground",
     "target_slot",
 ]
 
@@ -166,6 +167,19 @@ def select_for_correction(scores: np.ndarray | Tensor, ratio: float, eligible: n
     selected = np.zeros(scores.shape, dtype=bool)
     selected[chosen] = True
     return selected
+
+
+def has_foreground(pred: np.ndarray | Tensor) -> np.ndarray:
+    """(N,) bool: the prediction (N, H, W) has at least one foreground pixel.
+
+    A selected sample's label is replaced only where this holds, as in the
+    kidney and breast reference scripts (``if save_data.sum() > 0``): early in
+    training a net often predicts nothing, its Dice against any non-empty label
+    is 0, and writing that empty prediction would erase the label and feed the
+    twin more empty targets.
+    """
+    arr = pred.cpu().numpy() if isinstance(pred, Tensor) else np.asarray(pred)
+    return arr.reshape(arr.shape[0], -1).any(axis=1)
 
 
 def target_slot(scoring_slot: int, num_slots: int = 2) -> int:

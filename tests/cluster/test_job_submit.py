@@ -131,9 +131,41 @@ def test_train_job_runs_to_success_and_writes_its_run_folder(local_head):
                                   "RAY_DATA_DISABLE_PROGRESS_BARS": "1"}},
     )
     assert done.returncode == 0, f"job failed:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
-    status = _run([_ray(), "job", "status", "--address", JOBS_API, submission_id], timeout=60)
-    assert "SUCCEEDED" in status.stdout + status.stderr
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    assert JobSubmissionClient(JOBS_API).get_job_status(submission_id) == JobStatus.SUCCEEDED
+    assert "Run folder:" in done.stdout  # the driver's log was streamed back by `ray job submit`
 
     run_dir = runs / "e2e"
     assert (run_dir / "metrics.csv").is_file(), sorted(p.name for p in run_dir.iterdir())
     assert [p for p in run_dir.glob("checkpoint_*") if p.is_dir()], sorted(p.name for p in run_dir.iterdir())
+
+
+def test_token_auth_head_rejects_requests_without_the_token():
+    """`up --auth token`: the Jobs API answers 401 without the token and 200 with it."""
+    import secrets
+    import urllib.error
+    import urllib.request
+
+    tmp = Path(tempfile.mkdtemp(prefix="ar-tok-", dir="/tmp"))
+    token_file = tmp / "token"
+    token_file.write_text(secrets.token_hex(32))
+    token_file.chmod(0o600)
+    # Ports of its own, next to the module head's, so both tests can share a machine.
+    ports = ["--port", "6391", "--dashboard-port", "8291", "--client-port", "23091",
+             "--dashboard-agent-port", "52391", "--temp-dir", str(tmp / "ray")]
+    env = _env(RAY_AUTH_TOKEN_PATH=str(token_file))  # never ~/.ray/auth_token
+    cli = [sys.executable, "-m", "aide_ray.cli.main", "cluster"]
+    try:
+        up = _run(cli + ["up", "--auth", "token", "--num-cpus", "1", *ports], timeout=240, env=env)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "RAY_AUTH_MODE=token" in up.stdout and token_file.read_text() not in up.stdout
+        url = "http://127.0.0.1:8291/api/jobs/"
+        with pytest.raises(urllib.error.HTTPError, match="401"):
+            urllib.request.urlopen(url, timeout=10)
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token_file.read_text()}"})
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+    finally:
+        _run(cli + ["down", "--port", "6391", "--temp-dir", str(tmp / "ray")], timeout=120, env=env)
+        shutil.rmtree(tmp, ignore_errors=True)

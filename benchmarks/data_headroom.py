@@ -1,0 +1,147 @@
+"""Headroom of the Ray Data training pipeline over what one AIDE trainer consumes.
+
+Producer: the ``train`` dataset of :func:`aide_ray.engine.data_pipeline.build_datasets`
+(Parquet read of the train split, decode, random flips; the exact pipeline a
+training run streams), iterated fully with ``iter_batches`` as the worker loop
+does (numpy batches of 8, one batch prefetched) for several epochs; slices/s
+over the epochs after the first (the first includes Ray Data's start-up) and
+also over all of them.
+
+Consumer: :func:`aide_ray.engine.step.train_one_step` for AIDE (base width 8,
+64 x 64 slices, batch 8, one torch thread) on decoded batches held in memory;
+slices/s over timed steps after warm-up steps.
+
+The two are measured one after the other (a training run overlaps them), so
+the ratio says how many trainers of this size one such pipeline could feed
+without the trainer waiting for data. Target: ratio >= 3. Run from the
+repository root: ``python benchmarks/data_headroom.py``; the last line is
+``data_headroom_ratio=VALUE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def prepare_shards(root: Path, cases: int, slices: int, size: int) -> Path:
+    """Demo data ingested into ``root/shards`` (reused when already there)."""
+    from aide_ray.data.demo import make_demo_data
+    from aide_ray.data.ingest import ingest
+    from aide_ray.data.preprocess import Preprocessing
+
+    shards = root / "shards"
+    if not (shards / "dataset.json").is_file():
+        manifest = make_demo_data(root / "raw", cases=cases, slices=slices, size=size, overwrite=True)
+        ingest(manifest, shards, Preprocessing(size=size), overwrite=True, progress=False)
+    return shards
+
+
+def pipeline_epochs(shards: Path, batch_size: int, epochs: int) -> list[tuple[int, float]]:
+    """(slices, seconds) of each full pass over the training pipeline."""
+    from aide_ray.data.shards import load_dataset_info
+    from aide_ray.engine.data_pipeline import build_datasets
+
+    info = load_dataset_info(shards)
+    train = build_datasets(str(shards), train_split="train", val_split="", labelled_only=True,
+                           unlabelled_fraction=0.5, flip=True, max_retries=2,
+                           counts=info["counts"]["split_label_kind"])["train"]
+    out = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        rows = 0
+        for batch in train.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
+                                        prefetch_batches=1):
+            rows += len(batch["sample_index"])
+        out.append((rows, time.perf_counter() - start))
+    return out
+
+
+def trainer_rate(shards: Path, base_width: int, batch_size: int, warmup: int, steps: int) -> float:
+    """Slices/s of AIDE's ``train_one_step`` on decoded in-memory batches of the train split."""
+    from aide_ray.config import demo_config
+    from aide_ray.data.shards import read_slices_local
+    from aide_ray.engine.loop import iterate_batches, make_batch
+    from aide_ray.engine.step import make_optimizers, train_one_step
+    from aide_ray.methods.registry import method_class
+
+    cfg = demo_config(["method=aide", f"model.base_width={base_width}", f"batch_size={batch_size}"])
+    rows = read_slices_local(shards, split="train")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    method = method_class("aide")(cfg, in_channels=rows["image"].shape[1])
+    nets = method.build_nets()
+    optimizers, _ = make_optimizers(cfg, nets, method.trained_nets)
+    labels = np.repeat(rows["label"][:, None], method.label_slots, axis=1)
+
+    def batches():
+        while True:
+            yield from iterate_batches(rng.permutation(len(labels)), batch_size)
+
+    source = batches()
+    for _ in range(warmup):
+        train_one_step(method, nets, optimizers,
+                       make_batch(rows["image"], labels, rows["has_label"], rows["hq"], next(source)), 1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        train_one_step(method, nets, optimizers,
+                       make_batch(rows["image"], labels, rows["has_label"], rows["hq"], next(source)), 1)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> float:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cases", type=int, default=24, help="demo cases (train split: 2/3 of them)")
+    parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--base-width", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=4, help="pipeline passes; the first is not counted")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed trainer steps")
+    parser.add_argument("--steps", type=int, default=12, help="timed trainer steps")
+    parser.add_argument("--data", default=None, help="folder to keep the demo data in (default: a temp folder)")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error(f"--epochs must be >= 2 (the first pass is start-up), got {args.epochs}")
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    import ray
+
+    torch.set_num_threads(1)
+    tmp = Path(tempfile.mkdtemp(prefix="aide-ray-bench-"))
+    try:
+        shards = prepare_shards(Path(args.data) if args.data else tmp / "data", args.cases, args.slices, args.size)
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        try:
+            passes = pipeline_epochs(shards, args.batch_size, args.epochs)
+        finally:
+            ray.shutdown()
+        for i, (rows, seconds) in enumerate(passes):
+            print(f"pipeline pass {i}: {rows} slices in {seconds:.2f} s ({rows / seconds:.1f} slices/s)", flush=True)
+        consume = trainer_rate(shards, args.base_width, args.batch_size, args.warmup, args.steps)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    steady = passes[1:]
+    produce = sum(r for r, _ in steady) / sum(s for _, s in steady)
+    overall = sum(r for r, _ in passes) / sum(s for _, s in passes)
+    ratio = produce / consume
+    print(f"Ray Data train pipeline: {produce:.1f} slices/s after the first pass ({overall:.1f} incl. the first, "
+          f"median pass {statistics.median(s for _, s in steady):.2f} s) | AIDE trainer (1 thread): "
+          f"{consume:.1f} slices/s | target ratio >= 3")
+    print(f"data_headroom_ratio={ratio:.3f}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""End-to-end training on a real local Ray cluster (2 workers, gloo, tiny data).
+
+Each `TorchTrainer.fit()` costs ~20 s of fixed overhead, so these runs are few,
+tiny, and marked slow (they still run in CI).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from aide_ray.config import load_config
+from aide_ray.data.shards import load_dataset_info
+from aide_ray.engine.checkpoint import LABEL_STORE_FILE, load_checkpoint, resolve_checkpoint
+from aide_ray.engine.label_store import LabelStore
+from aide_ray.engine.train import run_training
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _half_of_noisy(shards) -> int:
+    return int(round(0.5 * load_dataset_info(shards)["counts"]["split_label_kind"]["train"]["lq"]))
+
+
+def _config(shards, storage, name, *extra):
+    return load_config(None, [
+        f"data.shards={shards}", f"run.storage_path={storage}", f"run.name={name}",
+        "workers=2", "cpus_per_worker=1", "batch_size=4", "model.base_width=4", "optim.lr=0.003",
+        "aide.warmup_epochs=0", "aide.update_every=1", "aide.update_ratio=0.5", *extra,
+    ])
+
+
+def test_aide_corrects_labels_and_resumes_with_the_checkpoint_labels(ray_cluster, tiny_shards, tmp_path):
+    cfg = _config(tiny_shards, tmp_path, "aide", "epochs=2")
+    outcome = run_training(cfg)
+    history = outcome.history
+    assert list(history["epoch"]) == [0, 1]
+    # Every epoch is an update epoch here: each net's lowest-Dice half of the noisy (LQ) slices.
+    k = _half_of_noisy(tiny_shards)
+    assert k > 0
+    assert list(history["relabelled_net1"]) == [k, k] and list(history["relabelled_net2"]) == [k, k]
+    # Corrections committed after epoch 0 reach the batches of epoch 1.
+    assert history.loc[0, "label_version_at_start"] == 0
+    assert history.loc[1, "label_version_at_start"] > 0
+    assert history.loc[1, "rows_with_corrected_label"] > 0
+    for name in ("metrics.csv", "train_scores.csv", "correction_samples.npz", LABEL_STORE_FILE, "config.yaml"):
+        assert (outcome.run_dir / name).is_file(), name
+    latest_store = LabelStore.from_snapshot_file(outcome.latest_checkpoint / LABEL_STORE_FILE)
+    assert latest_store.stats()["corrected"][0] > 0
+
+    resumed = run_training(cfg.replace(epochs=3), resume=outcome.run_dir)
+    assert list(resumed.history["epoch"]) == [0, 1, 2]
+    # The resumed epoch starts from exactly the labels of the checkpoint it resumes from.
+    assert resumed.history.loc[2, "label_version_at_start"] == latest_store.version
+    ckpt = load_checkpoint(outcome.run_dir)
+    assert set(ckpt.nets) == {"net1", "net2"}
+
+
+def test_a_worker_killed_mid_epoch_is_survived(ray_cluster, tiny_shards, tmp_path):
+    marker = tmp_path / "killed"
+    cfg = _config(tiny_shards, tmp_path, "kill", "epochs=2", "run.max_failures=1")
+    outcome = run_training(cfg, fail_at={"epoch": 1, "step": 0, "rank": 1, "marker": str(marker)})
+    assert marker.is_file()
+    assert list(outcome.history["epoch"]) == [0, 1]
+    store = LabelStore.from_snapshot_file(resolve_checkpoint(outcome.latest_checkpoint) / LABEL_STORE_FILE)
+    # Epoch 0 and epoch 1 each committed once per slot; the restart duplicated nothing.
+    k = _half_of_noisy(tiny_shards)
+    assert store.stats()["changed_cumulative"] == [2 * k, 2 * k]
+
+
+@pytest.mark.parametrize("method", ["supervised", "coteaching", "gce", "nrdice", "meanteacher", "cps"])
+def test_baseline_trains_through_ray(ray_cluster, tiny_shards, tiny_semi_shards, tmp_path, method):
+    semi = method in ("meanteacher", "cps")
+    cfg = _config(tiny_semi_shards if semi else tiny_shards, tmp_path, method, "epochs=1", f"method={method}")
+    outcome = run_training(cfg)
+    row = outcome.history.iloc[-1]
+    assert np.isfinite(row["loss"]) and row["loss"] > 0
+    assert 0.0 <= row["val_dice"] <= 1.0
+    ckpt = load_checkpoint(outcome.run_dir)
+    assert ckpt.config.method == method
+    if semi:
+        scores = pd.read_csv(outcome.run_dir / "metrics.csv")
+        assert scores.loc[0, "slices_per_s"] > 0
