@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
 
+from aide_ray._internal import fs
 from aide_ray.data.decode import decode_batch
 from aide_ray.exceptions import InputError
 
@@ -70,11 +71,11 @@ def load_dataset_info(shards_dir: str | os.PathLike) -> dict[str, Any]:
         InputError: if the folder or its dataset.json is missing, unreadable,
             or of another schema version.
     """
-    path = Path(shards_dir) / DATASET_JSON
-    if not path.is_file():
+    path = fs.join(shards_dir, DATASET_JSON)
+    if not fs.exists(path):
         raise InputError(f"{path} not found: {shards_dir} is not a shards folder written by `aide-ray ingest`")
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(fs.read_text(path))
     except (OSError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read {path}: {e}") from e
     if not isinstance(info, dict) or info.get("schema_version") != SCHEMA_VERSION:
@@ -86,8 +87,8 @@ def load_dataset_info(shards_dir: str | os.PathLike) -> dict[str, Any]:
 def shard_files(shards_dir: str | os.PathLike) -> list[str]:
     """Absolute paths of the folder's shards, in order (as listed in dataset.json)."""
     info = load_dataset_info(shards_dir)
-    files = [str(Path(shards_dir).resolve() / name) for name in info["shards"]]
-    missing = [f for f in files if not os.path.isfile(f)]
+    files = [fs.join(fs.resolve(shards_dir), name) for name in info["shards"]]
+    missing = [f for f in files if not fs.exists(f)]
     if missing:
         raise InputError(f"{shards_dir}: shard file(s) listed in {DATASET_JSON} are missing: {missing[:3]}")
     return files
@@ -144,7 +145,8 @@ def read_slices_local(path: str | os.PathLike, split: str | None = None) -> dict
     """
     info = load_dataset_info(path)
     _check_split(split, info, path)
-    dataset = pds.dataset(shard_files(path), format="parquet", schema=SCHEMA)
+    filesystem, files = fs.filesystem_and_paths(shard_files(path))
+    dataset = pds.dataset(files, format="parquet", schema=SCHEMA, filesystem=filesystem)
     table = dataset.to_table(filter=None if split is None else pc.field("split") == split)
     table = table.sort_by("sample_index")
     if table.num_rows == 0:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from aide_ray._internal.io import atomic_write_text
+from aide_ray._internal import fs
 from aide_ray.config import Config
 from aide_ray.engine.checkpoint import BEST_POINTER, LABEL_STORE_FILE
 from aide_ray.engine.ray_loop import FAIL_AT_KEY, HISTORY_FILE, SAMPLES_FILE, SCORES_FILE, train_loop_per_worker
@@ -37,7 +36,7 @@ DEMO_SIZE = 64  # in-plane size of the demo data
 class TrainingOutcome:
     """What a finished run left behind."""
 
-    run_dir: Path
+    run_dir: Path | str  # a URI string when the storage path is object storage
     best_checkpoint: Path | None
     latest_checkpoint: Path | None
     history: pd.DataFrame
@@ -48,9 +47,8 @@ def prepare_shards(cfg: Config) -> Path:
     from aide_ray.data.shards import load_dataset_info
 
     if cfg.data.shards:
-        shards = Path(cfg.data.shards).expanduser()
-        load_dataset_info(shards)  # clear error if it is not an ingested folder
-        return shards.resolve()
+        load_dataset_info(cfg.data.shards)  # clear error if it is not an ingested folder
+        return fs.resolve(cfg.data.shards) if fs.is_uri(cfg.data.shards) else Path(fs.resolve(cfg.data.shards))
     from aide_ray.data.demo import make_demo_data
     from aide_ray.data.ingest import ingest
     from aide_ray.data.preprocess import Preprocessing
@@ -80,10 +78,11 @@ def init_ray(cfg: Config) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env=env)
+        # A job's own runtime env wins; passing one here could conflict with it.
+        ray.init()
         return
+    env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded: nothing listens beyond 127.0.0.1
     cpus = max(os.cpu_count() or 1, math.ceil(cfg.workers * cfg.cpus_per_worker) + 2)
     # The dashboard (bound to 127.0.0.1) hosts the state API that Train's
@@ -92,8 +91,10 @@ def init_ray(cfg: Config) -> None:
              log_to_driver=True, _node_ip_address="127.0.0.1")
 
 
-def run_dir_of(cfg: Config, name: str) -> Path:
-    return Path(cfg.run.storage_path).expanduser().resolve() / name
+def run_dir_of(cfg: Config, name: str) -> Path | str:
+    """The run folder: a local Path, or a URI string for object storage."""
+    storage = fs.resolve(cfg.run.storage_path)
+    return fs.join(storage, name) if fs.is_uri(storage) else Path(storage) / name
 
 
 def _eligible(cfg: Config, info: dict[str, Any]) -> int:
@@ -136,9 +137,10 @@ def build_trainer(cfg: Config, shards: Path, name: str, *, callbacks: Sequence[A
                               unlabelled_fraction=cfg.data.unlabelled_fraction, flip=cfg.data.flip_augment,
                               max_retries=cfg.data.max_retries, counts=counts)
     has_val = "val" in datasets
-    storage = storage_path or str(Path(cfg.run.storage_path).expanduser().resolve())
-    local_store = not storage.startswith(("s3://", "gs://", "abfs://"))
-    snapshot = str(Path(storage) / name / "label_store.latest.npz") if local_store else None
+    storage = storage_path or fs.resolve(cfg.run.storage_path)
+    # The actor's own restart snapshot must be a local file; on object storage the
+    # per-checkpoint snapshots still hold every epoch's labels.
+    snapshot = None if fs.is_uri(storage) else str(Path(storage) / name / "label_store.latest.npz")
     if snapshot:
         Path(snapshot).parent.mkdir(parents=True, exist_ok=True)
     store = create_label_store_actor(int(info["num_samples"]), method.label_slots,
@@ -178,8 +180,10 @@ def build_trainer(cfg: Config, shards: Path, name: str, *, callbacks: Sequence[A
     return trainer, store
 
 
-def _collect_outputs(result, run_dir: Path, cfg: Config) -> TrainingOutcome:
-    """Copy what a user opens from the latest checkpoint into the run folder."""
+def _collect_outputs(result, run_dir: Path | str, cfg: Config) -> TrainingOutcome:
+    """Copy what a user opens from the latest checkpoint into the run folder (local or object storage)."""
+    import pyarrow.fs as pafs
+
     latest = Path(result.checkpoint.path) if result.checkpoint is not None else None
     best = None
     metric = _best_metric(cfg, has_val=not pd.isna(result.metrics.get("val_dice", float("nan")))) \
@@ -189,15 +193,20 @@ def _collect_outputs(result, run_dir: Path, cfg: Config) -> TrainingOutcome:
     if scored:
         best = Path(max(scored, key=lambda vc: vc[0])[1].path)
     history = pd.DataFrame()
-    if latest is not None and latest.is_dir():
+    if result.checkpoint is not None:
+        src_fs = result.checkpoint.filesystem
+        dst_fs, dst = (pafs.FileSystem.from_uri(run_dir) if fs.is_uri(run_dir)
+                       else (pafs.LocalFileSystem(), str(run_dir)))
         for name in (HISTORY_FILE, SCORES_FILE, SAMPLES_FILE, LABEL_STORE_FILE):
-            if (latest / name).is_file():
-                shutil.copyfile(latest / name, run_dir / name)
-        if (run_dir / HISTORY_FILE).is_file():
-            history = pd.read_csv(run_dir / HISTORY_FILE)
+            src = f"{result.checkpoint.path}/{name}"
+            if src_fs.get_file_info(src).type == pafs.FileType.File:
+                pafs.copy_files(src, f"{dst}/{name}", source_filesystem=src_fs, destination_filesystem=dst_fs)
+        with src_fs.open_input_stream(f"{result.checkpoint.path}/{HISTORY_FILE}") as f:
+            history = pd.read_csv(f)
     if best is not None:
-        atomic_write_text(run_dir / BEST_POINTER, os.path.relpath(best, run_dir) + "\n")
-    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        relative = os.path.relpath(best, run_dir) if not fs.is_uri(run_dir) else str(best)
+        fs.write_text(fs.join(run_dir, BEST_POINTER), relative + "\n")
+    fs.write_text(fs.join(run_dir, "config.yaml"), cfg.to_yaml())
     return TrainingOutcome(run_dir=run_dir, best_checkpoint=best, latest_checkpoint=latest, history=history)
 
 
@@ -233,12 +242,13 @@ def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict
     name = cfg.run.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     init_ray(cfg)
     run_dir = run_dir_of(cfg, name)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if not fs.is_uri(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
     trainer, store = build_trainer(cfg, shards, name, fail_at=fail_at, callbacks=callbacks)
     print(f"Training {cfg.method} on {shards} with {cfg.workers} worker(s); run folder {run_dir}", flush=True)
     result = trainer.fit()
     outcome = _collect_outputs(result, run_dir, cfg)
     print("\n" + summary_table(outcome.history), flush=True)
-    print(f"\nRun folder: {run_dir}\n  metrics:  {run_dir / HISTORY_FILE}\n  best checkpoint: {outcome.best_checkpoint}"
+    print(f"\nRun folder: {run_dir}\n  metrics:  {fs.join(run_dir, HISTORY_FILE)}\n  best checkpoint: {outcome.best_checkpoint}"
           f"\n  latest checkpoint: {outcome.latest_checkpoint}", flush=True)
     return outcome

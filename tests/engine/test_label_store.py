@@ -133,6 +133,10 @@ def test_commit_retry_does_not_double_count():
     np.testing.assert_array_equal(store.get(1, 2, source[0]), other[0])
     # The same sample changed twice in one epoch counts once for that epoch.
     assert store.stats()["changed_per_epoch"] == {0: [0, 4]}
+    # A worker with no winners commits nothing, which is still a valid commit.
+    none = np.zeros((0, *SHAPE), np.uint8)
+    assert store.commit(0, 0, np.zeros(0, np.int64), none, none) == v2 + 1
+    assert store.stats()["corrected"] == [0, 4]
 
 
 def test_revert_to_source_removes_entry_and_reports_none():

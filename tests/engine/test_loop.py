@@ -10,7 +10,7 @@ from torch import nn
 from aide_ray.config import load_config
 from aide_ray.engine.loop import apply_correction, iterate_batches, make_batch, train_in_memory
 from aide_ray.engine.step import correction_candidates, ensemble_probs, make_optimizers, train_one_step
-from aide_ray.methods.base import Batch, StepOutput
+from aide_ray.methods.base import Batch
 from aide_ray.methods.correction import dice_per_sample
 from aide_ray.methods.supervised import Supervised
 
