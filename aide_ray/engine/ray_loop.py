@@ -31,10 +31,11 @@ import torch.distributed as dist
 
 from aide_ray.config import Config, from_dict
 from aide_ray.engine.checkpoint import LABEL_STORE_FILE, load_state, save_checkpoint
-from aide_ray.engine.label_store import LabelCache
+from aide_ray.engine.label_store import LabelCache, encode_differences
 from aide_ray.engine.step import correction_candidates, ensemble_probs, make_optimizers, train_one_step
 from aide_ray.methods.base import Batch, Method
-from aide_ray.methods.correction import eligible_mask, should_update, target_slot
+from aide_ray.methods.correction import (correction_count, eligible_mask, has_foreground, should_update,
+                                         target_slot)
 from aide_ray.methods.registry import method_class
 
 __all__ = ["train_loop_per_worker", "HISTORY_FILE", "SCORES_FILE", "SAMPLES_FILE", "FAIL_AT_KEY"]
@@ -301,7 +302,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cache.apply(ray.get(store.changes_since.remote(0)))
 
     n_eligible = int(loop_config["eligible"])
-    k_global = int(round(cfg.aide.update_ratio * n_eligible))
+    k_global = correction_count(cfg.aide.update_ratio, n_eligible)
     train_shard = ray.train.get_dataset_shard("train")
     score_shard = ray.train.get_dataset_shard("score")
     val_shard = ray.train.get_dataset_shard("val") if loop_config["has_val"] else None
@@ -340,10 +341,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             _barrier()
             for slot, cand in enumerate(scored["candidates"]):
                 winners = ray.get(store.select.remote(epoch, slot, k_global))
-                mine = np.isin(cand.index, winners)
-                ray.get(store.commit.remote(epoch, target_slot(slot), cand.index[mine], cand.pred[mine],
-                                            cand.source[mine]))
-                changed[target_slot(slot)] = len(winners)
+                # An empty prediction never replaces a label (reference: `if save_data.sum() > 0`);
+                # the sample still counts towards k.
+                mine = np.isin(cand.index, winners) & has_foreground(cand.pred)
+                # Encoded here, so only ~100 bytes per label travel to the actor instead of two masks.
+                packed = encode_differences(cand.pred[mine], cand.source[mine])
+                ray.get(store.commit_encoded.remote(epoch, target_slot(slot), cand.index[mine], packed))
+                changed[target_slot(slot)] = int(sum(p for p in _gather(int(mine.sum()))))
             _barrier()
         cache.apply(ray.get(store.changes_since.remote(cache.version)))
 

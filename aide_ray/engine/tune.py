@@ -48,6 +48,7 @@ __all__ = [
     "tune_param_space",
     "sweep_metric",
     "grace_period",
+    "make_scheduler",
     "trial_resources",
     "resources_per_trial",
     "max_concurrent_trials",
@@ -310,6 +311,28 @@ def grace_period(space: Mapping[str, Param], cfg: Config) -> int:
     return warmup + 1
 
 
+def make_scheduler(space: Mapping[str, Param], cfg: Config, metric: str, *,
+                   reduction_factor: int = 4) -> tuple[Any, str]:
+    """ASHA on ``metric`` with the :func:`grace_period` rule, or FIFO when that grace period leaves nothing to stop.
+
+    Returns:
+        (scheduler, one-line description for the sweep's log)
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    grace = grace_period(space, cfg)
+    if grace >= cfg.epochs:
+        return FIFOScheduler(), (f"no early stopping: the grace period ({grace} epochs: largest warm-up + 1) is not "
+                                 f"shorter than epochs ({cfg.epochs})")
+    # stop_last_trials=False: a trial that reaches max_t ends on its own, so its Train
+    # controller shuts its worker group down (and frees the workers' placement group)
+    # instead of being killed by Tune right after its last report.
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=grace,
+                              reduction_factor=reduction_factor, stop_last_trials=False)
+    return scheduler, f"ASHA on {metric}: grace period {grace} epochs, max_t {cfg.epochs}, reduction factor " \
+                      f"{reduction_factor}"
+
+
 def trial_resources(cfg: Config) -> dict[str, float]:
     """What a trial's own process (the Train driver) reserves; its Train workers are separate actors."""
     return {"CPU": DRIVER_CPUS}
@@ -550,24 +573,15 @@ def run_sweep(cfg: Config, space: Mapping[str, Param], *, num_samples: int, sear
 
     shards = prepare_shards(cfg)  # once, on the sweep's driver; every trial reads the same shards
     metric = sweep_metric(cfg, _has_val(cfg, shards))
-    grace = grace_period(space, cfg)
 
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     init_ray(cfg)
     cluster = ray.cluster_resources()
     concurrent = max_concurrent or max_concurrent_trials(cfg, cluster)
     need = resources_per_trial(cfg)
-    if grace < cfg.epochs:
-        scheduler: Any = ASHAScheduler(time_attr="training_iteration", max_t=cfg.epochs, grace_period=grace,
-                                       reduction_factor=reduction_factor)
-        stopping = f"ASHA on {metric}: grace period {grace} epochs, max_t {cfg.epochs}"
-    else:
-        scheduler = FIFOScheduler()
-        stopping = (f"no early stopping: the grace period ({grace} epochs: largest warm-up + 1) is not shorter "
-                    f"than epochs ({cfg.epochs})")
+    scheduler, stopping = make_scheduler(space, cfg, metric, reduction_factor=reduction_factor)
     search_alg = None
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch

@@ -26,6 +26,7 @@ __all__ = [
     "hard_prediction",
     "largest_component_per_class",
     "eligible_mask",
+    "correction_count",
     "select_for_correction",
     "has_foreground",
     "target_slot",
@@ -136,14 +137,23 @@ def eligible_mask(labelled: Tensor | np.ndarray, hq: Tensor | np.ndarray, correc
     return labelled & (~hq | correct_hq)
 
 
+def correction_count(ratio: float, n_eligible: int) -> int:
+    """k = floor(ratio * n_eligible + 0.5): round half up (Python's ``round`` rounds 2.5 to 2)."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if n_eligible < 0:
+        raise ValueError(f"n_eligible must be >= 0, got {n_eligible}")
+    return math.floor(ratio * n_eligible + 0.5)
+
+
 def select_for_correction(scores: np.ndarray | Tensor, ratio: float, eligible: np.ndarray | Tensor) -> np.ndarray:
     """The eligible samples whose labels are replaced: the lowest-scoring share ``ratio``.
 
-    Exactly ``k = floor(ratio * n_eligible + 0.5)`` samples (round half up, so
-    R = 0.25 of 10 selects 3 and of 2 selects 1; the reference takes
-    ``int(R * N)`` of *all* samples and then skips the HQ ones, so it can
-    relabel fewer). Lowest score first, ties broken by the lower index. Samples
-    not eligible are never selected.
+    Exactly ``k = correction_count(ratio, n_eligible)`` samples, i.e.
+    ``floor(ratio * n_eligible + 0.5)`` (round half up: R = 0.25 of 10 selects
+    3 and of 2 selects 1; the reference takes ``int(R * N)`` of *all* samples
+    and then skips the HQ ones, so it can relabel fewer). Lowest score first,
+    ties broken by the lower index. Samples not eligible are never selected.
 
     Args:
         scores: (N,) Dice of each sample's prediction against its current label.
@@ -153,8 +163,6 @@ def select_for_correction(scores: np.ndarray | Tensor, ratio: float, eligible: n
     Returns:
         (N,) bool numpy array.
     """
-    if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
     scores = np.asarray(scores.cpu() if isinstance(scores, Tensor) else scores, dtype=np.float64)
     eligible = np.asarray(eligible.cpu() if isinstance(eligible, Tensor) else eligible, dtype=bool)
     if scores.shape != eligible.shape or scores.ndim != 1:
@@ -162,7 +170,7 @@ def select_for_correction(scores: np.ndarray | Tensor, ratio: float, eligible: n
     if np.isnan(scores[eligible]).any():
         raise ValueError("scores of eligible samples must not be NaN")
     idx = np.flatnonzero(eligible)
-    k = math.floor(ratio * idx.size + 0.5)
+    k = correction_count(ratio, idx.size)
     chosen = idx[np.argsort(scores[idx], kind="stable")[:k]]
     selected = np.zeros(scores.shape, dtype=bool)
     selected[chosen] = True

@@ -151,8 +151,8 @@ def augmented_pseudo_label(
 ) -> Tensor:
     """AIDE's soft pseudo-label of a batch: mean softmax over K augmented views, sharpened.
 
-    The K x B views go through ONE forward pass under ``torch.no_grad()``, in eval
-    mode by default (batch-norm running statistics; the previous mode is restored
+    The K x B views go through ONE forward pass (or, with ``rows_per_pass``,
+    equivalent passes of fewer rows) under ``torch.no_grad()``, in eval mode by default (batch-norm running statistics; the previous mode is restored
     after). A DistributedDataParallel wrapper is bypassed (``unwrap``): the pass
     needs no gradient synchronisation. Each view's softmax is warped back to the
     original frame; every pixel averages the views weighted by how much of it

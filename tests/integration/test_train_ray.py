@@ -26,33 +26,36 @@ def _half_of_noisy(shards) -> int:
 def _config(shards, storage, name, *extra):
     return load_config(None, [
         f"data.shards={shards}", f"run.storage_path={storage}", f"run.name={name}",
-        "workers=2", "cpus_per_worker=1", "batch_size=4", "model.base_width=4", "optim.lr=0.003",
+        "workers=2", "cpus_per_worker=1", "batch_size=4", "model.base_width=4", "optim.lr=0.01",
         "aide.warmup_epochs=0", "aide.update_every=1", "aide.update_ratio=0.5", *extra,
     ])
 
 
 def test_aide_corrects_labels_and_resumes_with_the_checkpoint_labels(ray_cluster, tiny_shards, tmp_path):
-    cfg = _config(tiny_shards, tmp_path, "aide", "epochs=2")
+    cfg = _config(tiny_shards, tmp_path, "aide", "epochs=3")
     outcome = run_training(cfg)
     history = outcome.history
-    assert list(history["epoch"]) == [0, 1]
-    # Every epoch is an update epoch here: each net's lowest-Dice half of the noisy (LQ) slices.
+    assert list(history["epoch"]) == [0, 1, 2]
+    # Every epoch is an update epoch here: at most each net's lowest-Dice half of the noisy (LQ)
+    # slices is relabelled (fewer where the twin predicts nothing: empty predictions are skipped).
     k = _half_of_noisy(tiny_shards)
-    assert k > 0
-    assert list(history["relabelled_net1"]) == [k, k] and list(history["relabelled_net2"]) == [k, k]
-    # Corrections committed after epoch 0 reach the batches of epoch 1.
+    relabelled = history["relabelled_net1"] + history["relabelled_net2"]
+    assert (history["relabelled_net1"] <= k).all() and (history["relabelled_net2"] <= k).all()
     assert history.loc[0, "label_version_at_start"] == 0
-    assert history.loc[1, "label_version_at_start"] > 0
-    assert history.loc[1, "rows_with_corrected_label"] > 0
+    # Corrections committed at the end of an epoch reach the batches of the next one.
+    first = int(np.flatnonzero(relabelled.to_numpy() > 0)[0])
+    assert first < 2, history
+    assert history.loc[first + 1, "label_version_at_start"] > history.loc[first, "label_version_at_start"]
+    assert history.loc[first + 1, "rows_with_corrected_label"] > 0
     for name in ("metrics.csv", "train_scores.csv", "correction_samples.npz", LABEL_STORE_FILE, "config.yaml"):
         assert (outcome.run_dir / name).is_file(), name
     latest_store = LabelStore.from_snapshot_file(outcome.latest_checkpoint / LABEL_STORE_FILE)
     assert latest_store.stats()["corrected"][0] > 0
 
-    resumed = run_training(cfg.replace(epochs=3), resume=outcome.run_dir)
-    assert list(resumed.history["epoch"]) == [0, 1, 2]
+    resumed = run_training(cfg.replace(epochs=4), resume=outcome.run_dir)
+    assert list(resumed.history["epoch"]) == [0, 1, 2, 3]
     # The resumed epoch starts from exactly the labels of the checkpoint it resumes from.
-    assert resumed.history.loc[2, "label_version_at_start"] == latest_store.version
+    assert resumed.history.loc[3, "label_version_at_start"] == latest_store.version
     ckpt = load_checkpoint(outcome.run_dir)
     assert set(ckpt.nets) == {"net1", "net2"}
 
@@ -64,9 +67,10 @@ def test_a_worker_killed_mid_epoch_is_survived(ray_cluster, tiny_shards, tmp_pat
     assert marker.is_file()
     assert list(outcome.history["epoch"]) == [0, 1]
     store = LabelStore.from_snapshot_file(resolve_checkpoint(outcome.latest_checkpoint) / LABEL_STORE_FILE)
-    # Epoch 0 and epoch 1 each committed once per slot; the restart duplicated nothing.
-    k = _half_of_noisy(tiny_shards)
-    assert store.stats()["changed_cumulative"] == [2 * k, 2 * k]
+    # Each epoch's corrections were committed once; the restart duplicated nothing.
+    history = outcome.history
+    assert store.stats()["changed_cumulative"] == [int(history["relabelled_net1"].sum()),
+                                                   int(history["relabelled_net2"].sum())]
 
 
 @pytest.mark.parametrize("method", ["supervised", "coteaching", "gce", "nrdice", "meanteacher", "cps"])

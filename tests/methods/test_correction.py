@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from aide_ray.methods.correction import (dice_per_sample, eligible_mask, hard_prediction, select_for_correction,
-                                         should_update, target_slot)
+from aide_ray.methods.correction import (correction_count, dice_per_sample, eligible_mask, hard_prediction,
+                                         select_for_correction, should_update, target_slot)
 
 
 def test_should_update_on_documented_epochs():
@@ -60,6 +60,12 @@ def test_select_exactly_ratio_of_eligible_lowest_first():
 @pytest.mark.parametrize("n, ratio, k", [(10, 0.25, 3), (2, 0.25, 1), (1, 0.25, 0), (8, 0.5, 4), (7, 1.0, 7)])
 def test_select_count_rounds_half_up(n, ratio, k):
     assert select_for_correction(np.arange(n, dtype=float), ratio, np.ones(n, dtype=bool)).sum() == k
+
+
+def test_correction_count_and_ratio_check():
+    assert [correction_count(0.25, n) for n in (2, 6, 10)] == [1, 2, 3]  # 0.5, 1.5, 2.5 round up
+    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 1.5"):
+        select_for_correction(np.zeros(3), 1.5, np.ones(3, dtype=bool))
 
 
 def test_hq_is_never_selected_unless_allowed():
