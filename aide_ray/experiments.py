@@ -40,6 +40,7 @@ __all__ = [
     "summary_table",
     "paired_tests",
     "wall_times",
+    "label_quality",
     "format_pm",
     "format_p",
     "setting_markdown",
@@ -88,11 +89,14 @@ SETTINGS: dict[str, SettingSpec] = {
             ArmSpec("supervised_noisy", "noisy/supervised_noisy.yaml", "noisy", "supervised, noisy labels"),
             ArmSpec("coteaching", "noisy/coteaching.yaml", "noisy", "co-teaching, noisy labels"),
             ArmSpec("gce", "noisy/gce.yaml", "noisy", "GCE, noisy labels"),
-            ArmSpec("aide", "noisy/aide.yaml", "noisy", "AIDE, noisy labels"),
+            ArmSpec("aide", "noisy/aide.yaml", "noisy", "AIDE λ=10, noisy labels"),
+            ArmSpec("aide_lambda1", "noisy/aide_lambda1.yaml", "noisy", "AIDE λ=1, noisy labels"),
             ArmSpec("supervised_clean", "noisy/supervised_clean.yaml", "clean", "supervised, clean labels (upper bound)"),
         ),
         comparisons=(("aide", "supervised_noisy"), ("aide", "coteaching"), ("aide", "gce"),
-                     ("aide", "supervised_clean")),
+                     ("aide", "supervised_clean"),
+                     ("aide_lambda1", "supervised_noisy"), ("aide_lambda1", "coteaching"), ("aide_lambda1", "gce"),
+                     ("aide_lambda1", "supervised_clean"), ("aide_lambda1", "aide")),
     ),
     "annotators": SettingSpec(
         name="annotators",
@@ -226,18 +230,22 @@ def _per_case_means(cases: pd.DataFrame, arm: str, metric: str, keys: Sequence[s
 
 
 def paired_tests(cases: pd.DataFrame, arm_a: str, arm_b: str, metrics: Sequence[str] = TABLE_METRICS, *,
-                 by: str | None = None) -> pd.DataFrame:
+                 by: str | None = None, keys: Sequence[str] = KEYS) -> pd.DataFrame:
     """Two-tailed paired t-tests of arm A against arm B over the test cases.
 
-    Each arm's values are first averaged over its seeds per (case_id, annotator);
-    cases present in both arms with finite values for a metric form the pairs
-    (``scipy.stats.ttest_rel(a, b)``, a positive t means A's mean is higher).
+    Each arm's values are first averaged over its seeds (and over every column
+    not in ``keys``) per key; keys present in both arms with finite values for a
+    metric form the pairs (``scipy.stats.ttest_rel(a, b)``, a positive t means
+    A's mean is higher).
 
     Args:
         cases: as :func:`collect_cases` returns.
         arm_a, arm_b: arm names (A is AIDE in the results tables).
         metrics: metric columns.
         by: optional column to test separately per value (e.g. "annotator").
+        keys: what one pair is: ("case_id", "annotator") by default; ("case_id",)
+            averages a case's scores against several annotators first, so that one
+            prediction counts once.
     Returns:
         Columns [by,] metric, mean_a, mean_b, t, p, n; t and p are NaN when
         n < 2 or all differences are equal (the test is undefined).
@@ -250,8 +258,8 @@ def paired_tests(cases: pd.DataFrame, arm_a: str, arm_b: str, metrics: Sequence[
     rows = []
     for value, group in groups:
         for metric in metrics:
-            a = _per_case_means(group, arm_a, metric, KEYS)
-            b = _per_case_means(group, arm_b, metric, KEYS)
+            a = _per_case_means(group, arm_a, metric, keys)
+            b = _per_case_means(group, arm_b, metric, keys)
             pair = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
             pair = pair[np.isfinite(pair["a"]) & np.isfinite(pair["b"])]
             n = len(pair)
@@ -290,6 +298,35 @@ def wall_times(out_dir: str | os.PathLike) -> pd.DataFrame:
     return table.sort_values(["arm", "seed", "stage"], ignore_index=True)
 
 
+def label_quality(out_dir: str | os.PathLike, arm: str, seed: int) -> pd.DataFrame | None:
+    """Mean Dice of each net's current training labels against the HQ labels, per epoch.
+
+    Read from the run's ``train_scores.csv`` (written by the training loop at
+    every epoch; rows without an HQ reference are NaN and left out), so it shows
+    whether label correction made the training labels better or worse.
+
+    Returns:
+        Columns epoch (1-based), net1, net2 (slots 0 and 1), rows (scored per
+        epoch); None when the run has no scores or no HQ references.
+    """
+    path = Path(out_dir) / "train" / run_name(arm, seed) / "train_scores.csv"
+    if not path.is_file():
+        return None
+    scores = pd.read_csv(path)
+    for col in ("epoch", "slot", "dice_label_vs_clean"):
+        if col not in scores.columns:
+            raise InputError(f"{path}: missing column {col!r}; columns are {list(scores.columns)}")
+    scores = scores[np.isfinite(scores["dice_label_vs_clean"])]
+    if scores.empty:
+        return None
+    table = scores.pivot_table(index="epoch", columns="slot", values="dice_label_vs_clean", aggfunc="mean")
+    table.columns = [f"net{int(c) + 1}" for c in table.columns]
+    table["rows"] = scores.groupby("epoch").size() // max(1, scores["slot"].nunique())
+    table = table.reset_index()
+    table["epoch"] = table["epoch"] + 1
+    return table
+
+
 # --------------------------------------------------------------------------- formatting
 
 _DIGITS = {"dice": 3, "assd": 2, "hd95": 2}
@@ -305,11 +342,11 @@ def format_pm(mean: float, std: float, digits: int = 3) -> str:
 
 
 def format_p(p: float) -> str:
-    """p-value with 2 significant digits, ``"< 1e-4"`` below that, ``"–"`` when undefined."""
+    """p-value with 2 significant digits (scientific notation below 1e-4), ``"–"`` when undefined."""
     if not np.isfinite(p):
         return "–"
     if p < 1e-4:
-        return "< 1e-4"
+        return f"{p:.1e}"
     return f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
@@ -327,15 +364,20 @@ def _fmt_seconds(seconds: float) -> str:
 
 
 def _arm_run_info(out_dir: Path, arm: str, seeds: Sequence[int]) -> dict[str, str]:
-    """Epochs and last-epoch validation Dice of the first seed's run, from its metrics.csv."""
+    """Epochs and the best validation Dice (with its 1-based epoch) of the first seed's run, from metrics.csv."""
     for seed in seeds:
         metrics = out_dir / "train" / run_name(arm, seed) / "metrics.csv"
         if metrics.is_file():
             history = pd.read_csv(metrics)
             if history.empty:
                 continue
-            best = history["val_dice"].max() if "val_dice" in history.columns else math.nan
-            return {"epochs": str(len(history)), "best_val": f"{best:.3f}" if np.isfinite(best) else "–"}
+            val = history["val_dice"] if "val_dice" in history.columns else pd.Series(dtype=float)
+            if val.notna().any():
+                at = int(val.idxmax())
+                best = f"{val[at]:.3f} (epoch {int(history.loc[at, 'epoch']) + 1})"
+            else:
+                best = "–"
+            return {"epochs": str(len(history)), "best_val": best}
     return {"epochs": "–", "best_val": "–"}
 
 
@@ -370,7 +412,7 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
 
     # Main table: mean ± std over test cases (and annotators) and seeds.
     summary = summary_table(cases[cases["arm"].isin(done)], TABLE_METRICS)
-    header = ["arm", "Dice", "ASSD (px)", "HD95 (px)", "test rows", "seeds", "epochs", "best val Dice",
+    header = ["arm", "Dice", "ASSD (px)", "HD95 (px)", "test rows", "seeds", "epochs", "best val Dice (epoch)",
               "train wall time"]
     rows = []
     for rec in summary.to_dict("records"):
@@ -402,12 +444,15 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
     tests = [(a, b) for a, b in spec.comparisons if a in done and b in done]
     if tests:
         lines += ["Two-tailed paired t-tests (scipy.stats.ttest_rel) of AIDE against each baseline over the test "
-                  "cases (each case's metric averaged over seeds first; t > 0: AIDE's mean is higher; for ASSD and "
-                  "HD95 lower is better):", ""]
+                  "cases (each case's metric averaged over seeds"
+                  + (" and over the 7 raters" if spec.per_annotator else "")
+                  + " first; for ASSD and HD95 lower is better):", ""]
         header = ["AIDE arm", "baseline", "Dice AIDE / baseline", "p (Dice)", "p (ASSD)", "p (HD95)", "pairs"]
         rows = []
+        # In setting 2 one prediction is scored against 7 raters: average them per case, so a case is one pair.
+        keys = ("case_id",) if spec.per_annotator else KEYS
         for a, b in tests:
-            res = paired_tests(cases, a, b, TABLE_METRICS).set_index("metric")
+            res = paired_tests(cases, a, b, TABLE_METRICS, keys=keys).set_index("metric")
             rows.append([titles[a], titles[b], f"{res.loc['dice', 'mean_a']:.3f} / {res.loc['dice', 'mean_b']:.3f}",
                          format_p(res.loc["dice", "p"]), format_p(res.loc["assd", "p"]),
                          format_p(res.loc["hd95", "p"]), str(int(res.loc["dice", "n"]))])
@@ -420,6 +465,19 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
                 res = paired_tests(cases, a, b, ("dice",), by="annotator").set_index("annotator")
                 rows.append([titles[a], titles[b]] + [format_p(res.loc[r, "p"]) for r in raters])
             lines += ["Dice p-values per annotator:", "", _md_table(header, rows), ""]
+
+    quality = [(arm, seed, label_quality(out_dir, arm, seed)) for arm in done if arm.startswith("aide")
+               for seed in seeds]
+    quality = [(arm, seed, q) for arm, seed, q in quality if q is not None]
+    if quality:
+        lines += ["Label correction: mean Dice of the training labels each AIDE net used in an epoch against the "
+                  "HQ labels, over the training rows that have one (`train_scores.csv`; epoch 1 shows the labels "
+                  "as given):", ""]
+        for arm, seed, q in quality:
+            header = ["epoch"] + [f"{titles[arm]} s{seed}, {c}" for c in q.columns if c.startswith("net")]
+            rows = [[str(int(r["epoch"]))] + [f"{r[c]:.3f}" for c in q.columns if c.startswith("net")]
+                    for r in q.to_dict("records")]
+            lines += [_md_table(header, rows), ""]
 
     if len(times):
         agg = times.groupby(["arm", "stage"], sort=False)["seconds"].agg(["mean", "sum", "count"]).reset_index()
@@ -464,7 +522,11 @@ def write_results(out_dirs: Sequence[str | os.PathLike], out_md: str | os.PathLi
     for out_dir in out_dirs:
         out_dir = Path(out_dir)
         if not (out_dir / EXPERIMENT_FILE).is_file():
-            sections.append(f"## {out_dir.name}\n\nNot run: `{out_dir}` holds no `{EXPERIMENT_FILE}`.\n")
+            # Name the setting when the folder's name says which one it was meant for.
+            titles = [spec.title for name, spec in SETTINGS.items() if name in out_dir.name]
+            title = titles[0] if len(titles) == 1 else out_dir.name
+            sections.append(f"## {title}\n\nNot run: `{out_dir}` holds no `{EXPERIMENT_FILE}`, so this setting "
+                            f"has no results.\n")
             continue
         figs = []
         for exp, run, prefix in figure_runs:
@@ -477,13 +539,33 @@ def write_results(out_dirs: Sequence[str | os.PathLike], out_md: str | os.PathLi
                 if src.is_file():
                     figures_dir.mkdir(parents=True, exist_ok=True)
                     dst = figures_dir / f"{_setting_name(out_dir)}_{run}_{stem}.png"
-                    shutil.copyfile(src, dst)
+                    _copy_small_png(src, dst)
                     figs.append((f"{prefix}: {caption}", os.path.relpath(dst, out_md.parent)))
         sections.append(setting_markdown(out_dir, figures=figs))
     if postscript:
         sections.append(postscript.rstrip() + "\n")
     atomic_write_text(out_md, "\n".join(sections))
     return out_md
+
+
+FIGURE_MAX_PIXELS = 350_000  # figures copied into docs/ are scaled down to at most this many pixels
+
+
+def _copy_small_png(src: Path, dst: Path, max_pixels: int = FIGURE_MAX_PIXELS) -> Path:
+    """Copy a PNG, scaled down (aspect kept) and palette-quantised so that docs/ stays small."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(src) as im:
+            im = im.convert("RGB")
+            scale = min(1.0, math.sqrt(max_pixels / (im.width * im.height)))
+            if scale < 1.0:
+                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                               Image.Resampling.LANCZOS)
+            im.quantize(colors=256).save(dst, optimize=True)
+    except UnidentifiedImageError:
+        shutil.copyfile(src, dst)  # not a PNG we can read: copy as it is
+    return dst
 
 
 def _setting_name(out_dir: Path) -> str:

@@ -32,6 +32,23 @@ import numpy as np
 import torch
 
 
+def init_ray(env_vars: dict[str, str], attempts: int = 3) -> None:
+    """Start a local 4-CPU Ray; retried because on an overloaded machine the raylet can miss
+    Ray's fixed 30 s registration deadline ("The current node timed out during startup")."""
+    import ray
+
+    for attempt in range(attempts):
+        try:
+            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": env_vars})
+            return
+        except Exception as e:  # Ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(e) or attempt == attempts - 1:
+                raise
+            print(f"Ray start-up timed out (attempt {attempt + 1} of {attempts}); retrying", flush=True)
+
+
 def prepare_shards(root: Path, cases: int, slices: int, size: int) -> Path:
     """Demo data ingested into ``root/shards`` (reused when already there)."""
     from aide_ray.data.demo import make_demo_data
@@ -45,8 +62,10 @@ def prepare_shards(root: Path, cases: int, slices: int, size: int) -> Path:
     return shards
 
 
-def pipeline_epochs(shards: Path, batch_size: int, epochs: int) -> list[tuple[int, float]]:
-    """(slices, seconds) of each full pass over the training pipeline."""
+def pipeline_epochs(shards: Path, batch_size: int, epochs: int) -> tuple[list[tuple[int, float]], list[int]]:
+    """(slices, seconds) of each full pass over the training pipeline, and per pass after the
+    first, how many of its batches hold exactly the rows of a batch of the previous pass (a
+    check on shuffling: block-level shuffling alone repeats batches)."""
     from aide_ray.data.shards import load_dataset_info
     from aide_ray.engine.data_pipeline import build_datasets
 
@@ -54,15 +73,21 @@ def pipeline_epochs(shards: Path, batch_size: int, epochs: int) -> list[tuple[in
     train = build_datasets(str(shards), train_split="train", val_split="", labelled_only=True,
                            unlabelled_fraction=0.5, flip=True, max_retries=2,
                            counts=info["counts"]["split_label_kind"])["train"]
-    out = []
+    out, repeated = [], []
+    previous: set[frozenset[int]] = set()
     for _ in range(epochs):
         start = time.perf_counter()
         rows = 0
+        seen = set()
         for batch in train.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
                                         prefetch_batches=1):
             rows += len(batch["sample_index"])
+            seen.add(frozenset(batch["sample_index"].tolist()))
         out.append((rows, time.perf_counter() - start))
-    return out
+        if previous:
+            repeated.append(len(seen & previous))
+        previous = seen
+    return out, repeated
 
 
 def trainer_rate(shards: Path, base_width: int, batch_size: int, warmup: int, steps: int) -> float:
@@ -120,14 +145,16 @@ def main(argv: list[str] | None = None) -> float:
     tmp = Path(tempfile.mkdtemp(prefix="aide-ray-bench-"))
     try:
         shards = prepare_shards(Path(args.data) if args.data else tmp / "data", args.cases, args.slices, args.size)
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+        init_ray({"OMP_NUM_THREADS": "1"})
         try:
-            passes = pipeline_epochs(shards, args.batch_size, args.epochs)
+            passes, repeated = pipeline_epochs(shards, args.batch_size, args.epochs)
         finally:
             ray.shutdown()
         for i, (rows, seconds) in enumerate(passes):
             print(f"pipeline pass {i}: {rows} slices in {seconds:.2f} s ({rows / seconds:.1f} slices/s)", flush=True)
+        batches = passes[0][0] // args.batch_size
+        print(f"batches repeating a batch of the previous pass: {', '.join(f'{r}/{batches}' for r in repeated)}",
+              flush=True)
         consume = trainer_rate(shards, args.base_width, args.batch_size, args.warmup, args.steps)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,8 +15,8 @@ from scipy import stats
 
 from aide_ray.config import load_config
 from aide_ray.exceptions import InputError
-from aide_ray.experiments import (SETTINGS, collect_cases, format_p, format_pm, load_experiment, paired_tests,
-                                  setting_markdown, summary_table, wall_times, write_results)
+from aide_ray.experiments import (SETTINGS, collect_cases, format_p, format_pm, label_quality, load_experiment,
+                                  paired_tests, setting_markdown, summary_table, wall_times, write_results)
 
 REPO = Path(__file__).resolve().parents[1]
 EXP_DIR = REPO / "jobs" / "experiments"
@@ -132,6 +132,9 @@ def test_paired_test_per_annotator(tmp_path: Path) -> None:
     expected = stats.ttest_rel([0.82, 0.75, 0.91, 0.66], [0.8, 0.7, 0.9, 0.6]).pvalue
     assert res["p"].to_numpy() == pytest.approx([expected, expected])
     assert list(res["n"]) == [4, 4]
+    pooled = paired_tests(cases, "aide_rater1", "supervised_rater1", ("dice",), keys=("case_id",)).iloc[0]
+    assert pooled["n"] == 4  # one pair per case, its two raters' scores averaged
+    assert pooled["p"] == pytest.approx(expected)
 
 
 def test_wall_times_reads_every_stage_and_rejects_incomplete_records(noisy_exp: Path) -> None:
@@ -157,20 +160,24 @@ def test_formatting() -> None:
     assert format_pm(float("nan"), 0.1) == "–"
     assert format_p(0.04321) == "0.04"
     assert format_p(0.004321) == "0.0043"
-    assert format_p(1e-7) == "< 1e-4"
+    assert format_p(1.234e-7) == "1.2e-07"
     assert format_p(float("nan")) == "–"
 
 
 def test_setting_markdown_has_tables_tests_and_wall_times(noisy_exp: Path) -> None:
+    (noisy_exp / "train" / "aide_s0").mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1, 2], "val_dice": [0.85, 0.9, 0.7]}).to_csv(
+        noisy_exp / "train" / "aide_s0" / "metrics.csv", index=False)
     text = setting_markdown(noisy_exp)
+    assert "| 10 | 2 | 3 | 0.900 (epoch 2) |" in text  # test rows, seeds, epochs, best val Dice of AIDE
     assert text.startswith("## Setting 1: noisy labels")
     assert "**Not run or not finished:** coteaching_s1" in text
     cases, _ = collect_cases(noisy_exp, ["aide"], [0, 1])
     assert format_pm(cases["dice"].mean(), cases["dice"].std(ddof=1)) in text
     p = paired_tests(*collect_cases(noisy_exp, ["supervised_noisy", "aide"], [0, 1])[:1], "aide",
                      "supervised_noisy", ("dice",)).iloc[0]["p"]
-    assert f"| AIDE, noisy labels | supervised, noisy labels | " in text and format_p(p) in text
-    assert "| AIDE, noisy labels | train | 2 | 10 min 30 s | 21 min 00 s |" in text
+    assert "| AIDE λ=10, noisy labels | supervised, noisy labels | " in text and format_p(p) in text
+    assert "| AIDE λ=10, noisy labels | train | 2 | 10 min 30 s | 21 min 00 s |" in text
     assert "predict supervised_noisy_s0 (exit 1)" in text
     assert "gce" not in text.split("Two-tailed")[1]  # no test against an arm that did not run
 
@@ -186,7 +193,7 @@ def test_write_results_copies_figures_and_marks_missing_settings(noisy_exp: Path
     assert text.startswith("# Results")
     assert (tmp_path / "docs" / "figures" / "noisy_aide_s0_dice_scatter.png").read_bytes() == b"\x89PNG fake"
     assert "](figures/noisy_aide_s0_dice_scatter.png)" in text
-    assert "## exp_limited\n\nNot run:" in text
+    assert "## Setting 3: limited labels (Shenzhen, 10% HQ labels + 90% pseudo-labels)\n\nNot run:" in text
     assert text.rstrip().endswith("## Notes")
 
 
@@ -204,3 +211,60 @@ def test_every_arm_config_loads_with_and_without_full(setting: str) -> None:
         assert arm.name.startswith(cpu.method) or (arm.name.startswith("supervised") and cpu.method == "supervised")
     with pytest.raises(SystemExit):
         run.build_parser().parse_args([setting, "--data", "d", "--out", "o", "--arms", "nope"])
+
+
+def _load_run_module():
+    spec = importlib.util.spec_from_file_location("exp_run", EXP_DIR / "run.py")
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return run
+
+
+def test_annotator_manifests_hold_one_label_per_case(tmp_path: Path) -> None:
+    """prepare_annotators on a tiny QUBIQ-like folder: rater1 / random rater per case, train kind lq, no test rows."""
+    import SimpleITK as sitk
+
+    data = tmp_path / "qubiq"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for c in range(1, 11):
+        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, (16, 16), dtype=np.uint8)),
+                        str(data / "images" / f"case{c:02d}.png"))
+        for r in range(1, 4):
+            mask = np.zeros((16, 16), np.uint8)
+            mask[4:10 + r, 4:10] = 255
+            sitk.WriteImage(sitk.GetImageFromArray(mask), str(data / "masks" / f"case{c:02d}_rater{r}.png"))
+    run = _load_run_module()
+    out = tmp_path / "exp"
+    prepared = run.prepare_annotators(data, out, 16, None)
+    every = pd.read_csv(prepared["reference"])
+    assert len(every) == 30 and set(every["split"]) == {"train", "val", "test"}
+    for name in ("rater1", "random"):
+        table = pd.read_csv(out / "data" / f"train_{name}.csv")
+        assert set(table["split"]) == {"train", "val"}
+        assert table["case_id"].is_unique
+        assert set(table["case_id"]) == set(every[every["split"] != "test"]["case_id"])
+        assert set(table[table["split"] == "train"]["label_kind"]) == {"lq"}
+        assert set(table[table["split"] == "val"]["label_kind"]) == {"hq"}
+        assert (prepared["train"][name] / "dataset.json").is_file()
+    assert set(pd.read_csv(out / "data" / "train_rater1.csv")["annotator"]) == {"rater1"}
+    assert pd.read_csv(out / "data" / "train_random.csv")["annotator"].nunique() > 1
+    assert "3 raters" in prepared["note"]
+
+
+def test_label_quality_averages_label_vs_hq_dice_per_epoch_and_net(noisy_exp: Path) -> None:
+    run = noisy_exp / "train" / "aide_s0"
+    run.mkdir(parents=True)
+    assert label_quality(noisy_exp, "aide", 0) is None  # no scores written
+    pd.DataFrame({"epoch": [0, 0, 0, 0, 1, 1, 1, 1], "sample_index": [0, 1, 0, 1, 0, 1, 0, 1],
+                  "slot": [0, 0, 1, 1, 0, 0, 1, 1], "dice_pred_vs_label": 0.5,
+                  "dice_label_vs_clean": [0.8, 0.6, 0.8, 0.6, 0.9, np.nan, 0.7, 0.5]}).to_csv(
+        run / "train_scores.csv", index=False)
+    q = label_quality(noisy_exp, "aide", 0)
+    assert list(q["epoch"]) == [1, 2]
+    assert q["net1"].tolist() == pytest.approx([0.7, 0.9])  # the NaN row (no HQ label) is left out
+    assert q["net2"].tolist() == pytest.approx([0.7, 0.6])
+    text = setting_markdown(noisy_exp)
+    assert "| epoch | AIDE λ=10, noisy labels s0, net1 | AIDE λ=10, noisy labels s0, net2 |" in text
+    assert "| 2 | 0.900 | 0.600 |" in text

@@ -22,7 +22,7 @@ import numpy as np
 
 from aide_ray.data.decode import decode_batch
 
-__all__ = ["build_datasets", "flip_augment", "TRAIN_COLUMNS"]
+__all__ = ["build_datasets", "flip_augment", "has_validation", "TRAIN_COLUMNS"]
 
 # Columns the training path needs; the rest of the schema stays on disk.
 TRAIN_COLUMNS = ["sample_index", "sample_id", "case_id", "image", "label", "clean_label", "label_kind",
@@ -58,6 +58,16 @@ def _no_flip(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def _decoded(ds, max_retries: int, batch_size: int = 64):
     return ds.map_batches(decode_batch, batch_format="numpy", batch_size=batch_size, max_retries=max_retries)
+
+
+def has_validation(val_split: str, counts: dict[str, Any]) -> bool:
+    """Whether a run validates: the validation split is named and has labelled rows.
+
+    Args:
+        counts: ``dataset.json``'s ``counts.split_label_kind`` (split -> kind -> rows).
+    """
+    split = counts.get(val_split, {}) if val_split else {}
+    return int(split.get("hq", 0)) + int(split.get("lq", 0)) > 0
 
 
 def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelled_only: bool,
@@ -98,7 +108,7 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
     train = train.map_batches(flip_augment if flip else _no_flip, batch_format="numpy", max_retries=max_retries)
     score = _decoded(labelled, max_retries).map_batches(_no_flip, batch_format="numpy", max_retries=max_retries)
     datasets = {"train": train, "score": score}
-    if val_split and sum(int(v) for v in counts.get(val_split, {}).values()) > 0:
+    if has_validation(val_split, counts):
         val = _decoded(rows(val_split).filter(expr="label_kind != 'none'"), max_retries)
         datasets["val"] = val.map_batches(_no_flip, batch_format="numpy", max_retries=max_retries)
     return datasets

@@ -26,7 +26,7 @@ from aide_ray.engine.checkpoint import BEST_POINTER, LABEL_STORE_FILE
 from aide_ray.engine.ray_loop import FAIL_AT_KEY, HISTORY_FILE, SAMPLES_FILE, SCORES_FILE, train_loop_per_worker
 from aide_ray.exceptions import ConfigError, InputError
 
-__all__ = ["TrainingOutcome", "prepare_shards", "init_ray", "build_trainer", "run_training", "run_dir_of",
+__all__ = ["TrainingOutcome", "best_metric_name", "prepare_shards", "init_ray", "build_trainer", "run_training", "run_dir_of",
            "summary_table"]
 
 DEMO_SIZE = 64  # in-plane size of the demo data
@@ -102,7 +102,8 @@ def _eligible(cfg: Config, info: dict[str, Any]) -> int:
     return int(counts.get("lq", 0)) + (int(counts.get("hq", 0)) if cfg.aide.correct_hq else 0)
 
 
-def _best_metric(cfg: Config, has_val: bool) -> str:
+def best_metric_name(cfg: Config, has_val: bool) -> str:
+    """The metric that ranks checkpoints (and Tune trials): ``eval.best_metric``, "auto" resolved."""
     if cfg.eval.best_metric == "auto":
         return "val_dice" if has_val else "train_dice"
     if cfg.eval.best_metric == "val_dice" and not has_val:
@@ -169,7 +170,7 @@ def build_trainer(cfg: Config, shards: Path, name: str, *, callbacks: Sequence[A
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.run.checkpoints_to_keep,
-                checkpoint_score_attribute=_best_metric(cfg, has_val),
+                checkpoint_score_attribute=best_metric_name(cfg, has_val),
                 checkpoint_score_order="max",
             ),
             callbacks=list(callbacks) or None,
@@ -186,7 +187,7 @@ def _collect_outputs(result, run_dir: Path | str, cfg: Config) -> TrainingOutcom
 
     latest = Path(result.checkpoint.path) if result.checkpoint is not None else None
     best = None
-    metric = _best_metric(cfg, has_val=not pd.isna(result.metrics.get("val_dice", float("nan")))) \
+    metric = best_metric_name(cfg, has_val=not pd.isna(result.metrics.get("val_dice", float("nan")))) \
         if result.metrics else None
     scored = [(m.get(metric, float("nan")), c) for c, m in (result.best_checkpoints or []) if metric]
     scored = [(v, c) for v, c in scored if not pd.isna(v)]

@@ -29,6 +29,7 @@ from typing import Any, Literal, Mapping, Sequence
 import pandas as pd
 import yaml
 
+from aide_ray._internal import fs
 from aide_ray._internal.io import atomic_file, atomic_write_text
 from aide_ray.config import Config, all_keys
 from aide_ray.exceptions import ConfigError
@@ -276,14 +277,10 @@ def tune_param_space(space: Mapping[str, Param], search: SearchAlgorithm) -> dic
 # --------------------------------------------------------------------------- scheduling rules
 
 def sweep_metric(cfg: Config, has_val: bool) -> str:
-    """The metric trials are ranked and stopped by: ``eval.best_metric``, where "auto" means
-    ``val_dice`` when the data has a validation split, else ``train_dice`` (as the checkpoints)."""
-    if cfg.eval.best_metric == "auto":
-        return "val_dice" if has_val else "train_dice"
-    if cfg.eval.best_metric == "val_dice" and not has_val:
-        raise ConfigError(f"eval.best_metric is 'val_dice' but split {cfg.data.val_split!r} has no rows; "
-                          f"use 'train_dice' or 'auto'")
-    return cfg.eval.best_metric
+    """The metric trials are ranked and stopped by: the one that ranks each run's checkpoints."""
+    from aide_ray.engine.train import best_metric_name
+
+    return best_metric_name(cfg, has_val)
 
 
 def _corrects_labels(method: str) -> bool:
@@ -370,7 +367,7 @@ def trial_config(base: Config, params: Mapping[str, Any], *, name: str, storage_
 # --------------------------------------------------------------------------- the trial
 
 def train_trial(params: dict[str, Any], *, base: dict[str, Any], shards: str, sweep_name: str,
-               trials_storage: str) -> None:
+                trials_storage: str) -> None:
     """Tune function trainable: drive one Ray Train run with the trial's parameters."""
     import ray
     import ray.tune
@@ -383,8 +380,8 @@ def train_trial(params: dict[str, Any], *, base: dict[str, Any], shards: str, sw
     # The trial id, not a timestamp: a restarted trial must find its own Train run again.
     cfg = trial_config(from_dict(base, source="sweep base config"), params, name=f"{sweep_name}-{trial_id}",
                        storage_path=trials_storage, shards=shards)
-    trainer, store = build_trainer(cfg, Path(shards), cfg.run.name, callbacks=[TuneReportCallback()],
-                                   storage_path=trials_storage)
+    trainer, store = build_trainer(cfg, shards if fs.is_uri(shards) else Path(shards), cfg.run.name,
+                                   callbacks=[TuneReportCallback()], storage_path=trials_storage)
     try:
         trainer.fit()
     finally:
@@ -459,7 +456,8 @@ def best_config(base: Config, table: pd.DataFrame, space: Mapping[str, Param], m
     scored = table[table[f"best_{metric}"].notna()] if not table.empty else table
     if scored.empty:
         errors = "; ".join(sorted(set(e for e in table["error"] if e))) if not table.empty else ""
-        raise ConfigError(f"no trial of the sweep reported {metric!r}" + (f"; trial errors: {errors}" if errors else ""))
+        detail = f"; trial errors: {errors}" if errors else ""
+        raise ConfigError(f"no trial of the sweep reported {metric!r}{detail}")
     top = scored.iloc[0]
     return base.replace(**{key: _plain(top[key]) for key in space}, **{"run.name": ""})
 
@@ -518,16 +516,11 @@ def _summary(table: pd.DataFrame) -> str:
 
 # --------------------------------------------------------------------------- the sweep
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def _has_val(cfg: Config, shards: Path) -> bool:
-    # The same rule as build_datasets: a validation dataset exists iff its split has rows.
+def _has_val(cfg: Config, shards: Path | str) -> bool:
     from aide_ray.data.shards import load_dataset_info
+    from aide_ray.engine.data_pipeline import has_validation
 
-    counts = load_dataset_info(shards)["counts"]["split_label_kind"]
-    return bool(cfg.data.val_split) and sum(int(v) for v in counts.get(cfg.data.val_split, {}).values()) > 0
+    return has_validation(cfg.data.val_split, load_dataset_info(shards)["counts"]["split_label_kind"])
 
 
 def run_sweep(cfg: Config, space: Mapping[str, Param], *, num_samples: int, search: SearchAlgorithm = "random",
@@ -558,15 +551,15 @@ def run_sweep(cfg: Config, space: Mapping[str, Param], *, num_samples: int, sear
     if max_concurrent is not None and max_concurrent < 1:
         raise ConfigError(f"--max-concurrent must be >= 1, got {max_concurrent!r}")
     name = cfg.run.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage = cfg.run.storage_path if _is_uri(cfg.run.storage_path) else \
-        str(Path(cfg.run.storage_path).expanduser().resolve())
+    storage = fs.resolve(cfg.run.storage_path)
     sweep_name = f"{name}-tune"
-    sweep_dir = f"{storage.rstrip('/')}/{sweep_name}"
+    sweep_dir = fs.join(storage, sweep_name)
     if out is None:
-        out_dir = Path.cwd() / sweep_name if _is_uri(storage) else Path(sweep_dir)
+        # The outputs are local files; with object storage they go to the working directory.
+        out_dir = Path.cwd() / sweep_name if fs.is_uri(storage) else Path(sweep_dir)
     else:
         out_dir = Path(out).expanduser().resolve()
-    if not _is_uri(storage) and Path(sweep_dir).exists():
+    if fs.exists(sweep_dir):
         raise FileExistsError(f"sweep folder {sweep_dir} already exists; set another run.name or remove it")
     if (out_dir / "results.csv").exists():
         raise FileExistsError(f"{out_dir / 'results.csv'} already exists; choose another --out or remove it")
@@ -589,7 +582,7 @@ def run_sweep(cfg: Config, space: Mapping[str, Param], *, num_samples: int, sear
         search_alg = OptunaSearch(seed=cfg.seed)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, base=cfg.to_dict(), shards=str(shards), sweep_name=name,
-                             trials_storage=f"{sweep_dir}/trials"),
+                             trials_storage=fs.join(sweep_dir, "trials")),
         trial_resources(cfg),
     )
     print(f"Sweeping {len(space)} parameter(s) of {cfg.method} on {shards}: {search} search, {num_samples} "

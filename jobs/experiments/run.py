@@ -202,14 +202,26 @@ def prepare_limited(data: Path, out: Path, size: int, spacing) -> dict[str, obje
             "reference": clean, "limited_manifest": limited, "note": note}
 
 
+_pseudo_locks: dict[int, threading.Lock] = {}
+_pseudo_done: set[int] = set()  # seeds whose pseudo-labels this process made (--force makes them once)
+
+
 def pseudo_label_shards(out: Path, seed: int, prepared: dict, size: int, spacing, force: bool) -> Path | None:
-    """Predict the unlabelled 90% with supervised_hq10 (this seed) and ingest them as label_kind lq."""
+    """Predict the unlabelled 90% with supervised_hq10 (this seed) and ingest them as label_kind lq.
+
+    Both pseudo-label arms of a seed call this, possibly at the same time: the first makes the shards.
+    """
+    with _pseudo_locks.setdefault(seed, threading.Lock()):
+        return _pseudo_label_shards(out, seed, prepared, size, spacing, force)
+
+
+def _pseudo_label_shards(out: Path, seed: int, prepared: dict, size: int, spacing, force: bool) -> Path | None:
     from aide_ray.data.manifest import read_manifest, write_manifest
     from aide_ray.eval.evaluate import find_prediction
 
     d = out / "data"
     shards = d / f"shards_pseudo_s{seed}"
-    if (shards / "dataset.json").is_file() and not force:
+    if (shards / "dataset.json").is_file() and (not force or seed in _pseudo_done):
         return shards
     run_dir = out / "train" / run_name("supervised_hq10", seed)
     if not (run_dir / "config.yaml").is_file():
@@ -236,6 +248,7 @@ def pseudo_label_shards(out: Path, seed: int, prepared: dict, size: int, spacing
     write_manifest(df, manifest)
     if shards.exists():
         shutil.rmtree(shards)
+    _pseudo_done.add(seed)
     return ingest_once(manifest, shards, size, spacing)
 
 
