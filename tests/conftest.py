@@ -18,6 +18,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A loaded 2-core machine can take longer than Ray's default 30 s to register the raylet.
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "120")
 
 RAY_TEST_CPUS = 4
 
