@@ -341,12 +341,21 @@ def run_setting(args: argparse.Namespace) -> int:
             return False
         return train_predict_evaluate(out, spec, arm, seed, shards, reference, overrides, args.force)
 
-    # Setting 3: the pseudo-label arms wait for the 10% model of their seed.
+    # Setting 3: a pseudo-label arm waits for the 10% model of its seed only. Jobs start in submission
+    # order, so every supervised_hq10 job is running or done before a job that waits for it starts.
     first = [j for j in jobs if spec.arm(j[0]).data != "pseudo"]
     later = [j for j in jobs if spec.arm(j[0]).data == "pseudo"]
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
-        results = list(pool.map(one, first))
-        results += list(pool.map(one, later))
+        futures = {(arm, seed): pool.submit(one, (arm, seed, getter)) for arm, seed, getter in first}
+
+        def after_hq10(job) -> bool:
+            hq10 = futures.get(("supervised_hq10", job[1]))
+            if hq10 is not None:
+                hq10.result()
+            return one(job)
+
+        futures.update({(arm, seed): pool.submit(after_hq10, (arm, seed, getter)) for arm, seed, getter in later})
+        results = [futures[(arm, seed)].result() for arm, seed, _ in first + later]
     failed = [run_name(a, s) for (a, s, _), ok in zip(first + later, results) if not ok]
     log(f"{spec.name}: {len(results) - len(failed)} of {len(results)} arm runs finished"
         + (f"; failed or skipped: {', '.join(failed)}" if failed else ""))
