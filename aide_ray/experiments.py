@@ -316,6 +316,8 @@ def label_quality(out_dir: str | os.PathLike, arm: str, seed: int) -> pd.DataFra
     for col in ("epoch", "slot", "dice_label_vs_clean"):
         if col not in scores.columns:
             raise InputError(f"{path}: missing column {col!r}; columns are {list(scores.columns)}")
+    # A run without any HQ reference writes the column empty, which pandas reads as text.
+    scores["dice_label_vs_clean"] = pd.to_numeric(scores["dice_label_vs_clean"], errors="coerce")
     scores = scores[np.isfinite(scores["dice_label_vs_clean"])]
     if scores.empty:
         return None
@@ -325,6 +327,22 @@ def label_quality(out_dir: str | os.PathLike, arm: str, seed: int) -> pd.DataFra
     table = table.reset_index()
     table["epoch"] = table["epoch"] + 1
     return table
+
+
+def _unfinished_note(out_dir: Path, run: str) -> str | None:
+    """What a run without evaluation left behind: how far its training got, from its newest checkpoint."""
+    run_dir = out_dir / "train" / run
+    if not run_dir.is_dir():
+        return None
+    if (run_dir / "config.yaml").is_file():
+        return f"`{run}`: training finished, but it has no test evaluation (see `logs/`)."
+    done = 0
+    for folder in run_dir.glob("checkpoint_*"):
+        metrics = folder / "metrics.csv"
+        if metrics.is_file():
+            done = max(done, len(pd.read_csv(metrics)))
+    return (f"`{run}`: training started but did not finish; its newest checkpoint is after epoch {done}, "
+            f"so it has no test predictions.")
 
 
 # --------------------------------------------------------------------------- formatting
@@ -403,7 +421,9 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
     if info.get("data_note"):
         lines += [info["data_note"], ""]
     if missing:
-        lines += [f"**Not run or not finished:** {', '.join(missing)}. These runs have no row below.", ""]
+        lines += [f"**Not run or not finished:** {', '.join(missing)}. These runs have no row below."]
+        lines += [f"- {note}" for note in (_unfinished_note(out_dir, run) for run in missing) if note]
+        lines += [""]
     if not done:
         lines += ["No arm of this setting finished, so there are no results.", ""]
         return "\n".join(lines)

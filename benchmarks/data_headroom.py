@@ -124,7 +124,7 @@ def trainer_rate(shards: Path, base_width: int, batch_size: int, warmup: int, st
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", type=int, default=24, help="demo cases (train split: 2/3 of them)")
+    parser.add_argument("--cases", type=int, default=48, help="demo cases (train split: 2/3 of them)")
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--base-width", type=int, default=8)

@@ -1,8 +1,8 @@
 """Overhead of Ray Train over a plain PyTorch loop for one AIDE training epoch.
 
 Both sides train AIDE (base width 8, batch 8, 64 x 64 slices, one torch
-thread) on the same ingested demo data (24 cases x 8 slices; the 128 slices of
-the train split, 16 steps per epoch), with the same step function
+thread) on the same ingested demo data (48 cases x 8 slices; the 256 slices of
+the train split, 32 steps per epoch), with the same step function
 (:func:`aide_ray.engine.step.train_one_step`):
 
 - Ray: ``aide-ray train``'s engine (:func:`aide_ray.engine.train.run_training`)
@@ -106,7 +106,7 @@ def plain_epochs(cfg, shards: Path, epochs: int, seed: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cases", type=int, default=24, help="demo cases (train split: 2/3 of them)")
+    parser.add_argument("--cases", type=int, default=48, help="demo cases (train split: 2/3 of them)")
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--base-width", type=int, default=8)

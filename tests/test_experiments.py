@@ -172,6 +172,7 @@ def test_setting_markdown_has_tables_tests_and_wall_times(noisy_exp: Path) -> No
     assert "| 10 | 2 | 3 | 0.900 (epoch 2) |" in text  # test rows, seeds, epochs, best val Dice of AIDE
     assert text.startswith("## Setting 1: noisy labels")
     assert "**Not run or not finished:** coteaching_s1" in text
+    assert "`coteaching_s1`" not in text  # never started: nothing to say beyond the list
     cases, _ = collect_cases(noisy_exp, ["aide"], [0, 1])
     assert format_pm(cases["dice"].mean(), cases["dice"].std(ddof=1)) in text
     p = paired_tests(*collect_cases(noisy_exp, ["supervised_noisy", "aide"], [0, 1])[:1], "aide",
@@ -199,9 +200,7 @@ def test_write_results_copies_figures_and_marks_missing_settings(noisy_exp: Path
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 def test_every_arm_config_loads_with_and_without_full(setting: str) -> None:
-    spec = importlib.util.spec_from_file_location("exp_run", EXP_DIR / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
+    run = _load_run_module()
     full = run.load_full_overrides(setting)
     for arm in SETTINGS[setting].arms:
         cpu = load_config(EXP_DIR / arm.config)
@@ -257,6 +256,9 @@ def test_label_quality_averages_label_vs_hq_dice_per_epoch_and_net(noisy_exp: Pa
     run = noisy_exp / "train" / "aide_s0"
     run.mkdir(parents=True)
     assert label_quality(noisy_exp, "aide", 0) is None  # no scores written
+    (run / "train_scores.csv").write_text("epoch,sample_index,slot,dice_pred_vs_label,dice_label_vs_clean\n"
+                                          "0,0,0,0.5,\n0,0,1,0.5,\n")
+    assert label_quality(noisy_exp, "aide", 0) is None  # no HQ references at all
     pd.DataFrame({"epoch": [0, 0, 0, 0, 1, 1, 1, 1], "sample_index": [0, 1, 0, 1, 0, 1, 0, 1],
                   "slot": [0, 0, 1, 1, 0, 0, 1, 1], "dice_pred_vs_label": 0.5,
                   "dice_label_vs_clean": [0.8, 0.6, 0.8, 0.6, 0.9, np.nan, 0.7, 0.5]}).to_csv(
@@ -268,3 +270,12 @@ def test_label_quality_averages_label_vs_hq_dice_per_epoch_and_net(noisy_exp: Pa
     text = setting_markdown(noisy_exp)
     assert "| epoch | AIDE λ=10, noisy labels s0, net1 | AIDE λ=10, noisy labels s0, net2 |" in text
     assert "| 2 | 0.900 | 0.600 |" in text
+
+
+def test_unfinished_run_says_how_far_training_got(noisy_exp: Path) -> None:
+    ckpt = noisy_exp / "train" / "coteaching_s1" / "checkpoint_2026-01-01_00-00-00.000000"
+    ckpt.mkdir(parents=True)
+    pd.DataFrame({"epoch": [0, 1, 2], "val_dice": [0.8, 0.85, 0.86]}).to_csv(ckpt / "metrics.csv", index=False)
+    text = setting_markdown(noisy_exp)
+    assert ("- `coteaching_s1`: training started but did not finish; its newest checkpoint is after epoch 3, "
+            "so it has no test predictions.") in text
