@@ -491,8 +491,8 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
     quality = [(arm, seed, q) for arm, seed, q in quality if q is not None]
     if quality:
         lines += ["Label correction: mean Dice of the training labels each AIDE net used in an epoch against the "
-                  "HQ labels, over the training rows that have one (`train_scores.csv`; epoch 1 shows the labels "
-                  "as given):", ""]
+                  "HQ labels, over the training rows that have one, at the training resolution (`train_scores.csv`; "
+                  "epoch 1 shows the labels as given):", ""]
         for arm, seed, q in quality:
             header = ["epoch"] + [f"{titles[arm]} s{seed}, {c}" for c in q.columns if c.startswith("net")]
             rows = [[str(int(r["epoch"]))] + [f"{r[c]:.3f}" for c in q.columns if c.startswith("net")]

@@ -69,3 +69,7 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(bad)
+
+
+def test_exponent_floats_without_a_dot_are_numbers():
+    assert load_config(None, ["optim.lr=3e-3"]).optim.lr == 0.003

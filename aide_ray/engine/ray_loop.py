@@ -258,6 +258,21 @@ def _write_checkpoint(folder: Path, *, cfg, method, in_channels, epoch, nets, op
 
 # --------------------------------------------------------------------------- the loop
 
+def _refresh(cache: LabelCache, store) -> None:
+    """Bring the worker's label cache to the store's version with only the changes it lacks.
+
+    A store restored from a snapshot (actor restart after a crash) starts a new
+    history that old caches cannot extend: such a cache starts over from version 0.
+    """
+    import ray
+
+    try:
+        cache.apply(ray.get(store.changes_since.remote(cache.version)))
+    except RuntimeError:
+        cache.reset()
+        cache.apply(ray.get(store.changes_since.remote(0)))
+
+
 def _progress_line(epoch: int, epochs: int, m: dict[str, float], method: Method) -> str:
     nets = " ".join(f"{name} {m[f'train_dice_{name}']:.3f}" for name in method.net_names[: method.label_slots])
     relabelled = sum(m[f"relabelled_{name}"] for name in method.net_names[: method.label_slots])
@@ -349,7 +364,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ray.get(store.commit_encoded.remote(epoch, target_slot(slot), cand.index[mine], packed))
                 changed[target_slot(slot)] = int(sum(p for p in _gather(int(mine.sum()))))
             _barrier()
-        cache.apply(ray.get(store.changes_since.remote(cache.version)))
+        _refresh(cache, store)
 
         parts = _gather({"dice_sum": scored["dice_sum"], "count": scored["count"], "steps": steps,
                          "corrected_rows": corrected_rows,

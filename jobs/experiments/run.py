@@ -368,6 +368,8 @@ def run_report(args: argparse.Namespace) -> int:
     preamble = (EXP_DIR / "results_preamble.md").read_text()
     postscript = (EXP_DIR / "results_postscript.md").read_text()
     cmd = "python jobs/experiments/run.py report " + " ".join(args.experiments) + f" --out {args.out}"
+    if args.figures:
+        cmd += " --figures " + " ".join(args.figures)
     preamble = preamble.replace("{command}", cmd)
     figure_runs = [(exp, run, f"{Path(exp).name} {run}") for exp, run in
                    (item.split(":", 1) for item in args.figures)]
