@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.aide_ray-installed
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
+# Reports and tables print and write "±"; CI machines may run with an ASCII locale.
+export PYTHONUTF8 := 1
 
 .PHONY: demo test test-fast setup clean
 

@@ -64,4 +64,4 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(final: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``final`` atomically."""
     with atomic_file(final) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")

@@ -239,7 +239,7 @@ def load_space(path: str | Path, base: Config) -> dict[str, Param]:
     if not path.is_file():
         raise ConfigError(f"search space file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"search space file {path} is not valid YAML: {e}") from e
     return parse_space(raw, base, source=str(path))
