@@ -81,11 +81,13 @@ def _to_batch(raw: dict[str, np.ndarray], cache: LabelCache, slots: int, device:
     return batch.to(device)
 
 
-def _batches(shard, batch_size: int, *, drop_last: bool):
+def _batches(shard, batch_size: int, *, drop_last: bool, shuffle_rows: int | None = None):
     # iter_batches (numpy) rather than iter_torch_batches: rows carry strings
     # (sample_id, case_id) and label overlays happen in numpy before tensors are made.
+    # Block-order randomisation alone keeps each block's rows together, so every
+    # epoch would repeat the same batches; a local shuffle buffer mixes rows across blocks.
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
-                              prefetch_batches=1)
+                              prefetch_batches=1, local_shuffle_buffer_size=shuffle_rows)
 
 
 # --------------------------------------------------------------------------- collectives
@@ -329,7 +331,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sums: dict[str, float] = defaultdict(float)
         steps = slices = corrected_rows = 0
         version_at_start = cache.version
-        for step, raw in enumerate(_batches(train_shard, cfg.batch_size, drop_last=True)):
+        for step, raw in enumerate(_batches(train_shard, cfg.batch_size, drop_last=True,
+                                                    shuffle_rows=max(8 * cfg.batch_size, 64))):
             if fail_at and (epoch, step, rank) == (fail_at["epoch"], fail_at["step"], fail_at["rank"]) \
                     and not os.path.exists(fail_at["marker"]):
                 Path(fail_at["marker"]).write_text(f"killed at epoch {epoch} step {step}\n")
