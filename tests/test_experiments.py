@@ -190,7 +190,7 @@ def test_write_results_copies_figures_and_marks_missing_settings(noisy_exp: Path
     md = tmp_path / "docs" / "results.md"
     write_results([noisy_exp, tmp_path / "exp_limited"], md, preamble="# Results\n", postscript="## Notes\n",
                   figure_runs=[(str(noisy_exp), "aide_s0", "noisy AIDE")])
-    text = md.read_text()
+    text = md.read_text(encoding="utf-8")
     assert text.startswith("# Results")
     assert (tmp_path / "docs" / "figures" / "noisy_aide_s0_dice_scatter.png").read_bytes() == b"\x89PNG fake"
     assert "](figures/noisy_aide_s0_dice_scatter.png)" in text

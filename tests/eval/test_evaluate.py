@@ -83,7 +83,7 @@ def test_per_case_values_match_direct_metrics_in_numpy_spacing(dataset, tmp_path
     assert pngs == ["overlay_best_c0.png", "overlay_median_c2.png", "overlay_worst_c3.png"]
     for p in pngs:
         assert mpimg.imread(out / p).ndim == 3
-    index = (out / "index.md").read_text()
+    index = (out / "index.md").read_text(encoding="utf-8")
     assert "(per_case.csv)" in index and "(summary.csv)" in index and "(overlay_worst_c3.png)" in index
 
 
