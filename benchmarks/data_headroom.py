@@ -1,9 +1,11 @@
 """Headroom of the Ray Data training pipeline over what one AIDE trainer consumes.
 
 Producer: the ``train`` dataset of :func:`aide_ray.engine.data_pipeline.build_datasets`
-(Parquet read of the train split, decode, random flips; the exact pipeline a
-training run streams), iterated fully with ``iter_batches`` as the worker loop
-does (numpy batches of 8, one batch prefetched) for several epochs; slices/s
+(Parquet read of the train split and decode, cached once in the object store when
+it fits, then per pass block reordering and random flips; the exact pipeline a
+training run streams; ``--pipeline streaming`` measures the fallback for data that
+does not fit), iterated fully with ``iter_batches`` as the worker loop does (numpy
+batches of 8, one batch prefetched, the same local shuffle buffer) for several epochs; slices/s
 over the epochs after the first (the first includes Ray Data's start-up) and
 also over all of them.
 
@@ -33,17 +35,20 @@ import torch
 from _common import init_ray, prepare_shards
 
 
-def pipeline_epochs(shards: Path, batch_size: int, epochs: int) -> tuple[list[tuple[int, float]], list[int]]:
-    """(slices, seconds) of each full pass over the training pipeline, and per pass after the
-    first, how many of its batches hold exactly the rows of a batch of the previous pass (a
-    check on shuffling: block-level shuffling alone repeats batches)."""
+def pipeline_epochs(shards: Path, batch_size: int, epochs: int,
+                    cache: bool | None) -> tuple[float, list[tuple[int, float]], list[int]]:
+    """Seconds to build the pipeline (the one-off decode when cached), (slices, seconds) of each
+    full pass over it, and per pass after the first, how many of its batches hold exactly the
+    rows of a batch of the previous pass (a check on shuffling)."""
     from aide_ray.data.shards import load_dataset_info
-    from aide_ray.engine.data_pipeline import build_datasets
+    from aide_ray.engine.data_pipeline import build_datasets, shuffle_buffer_rows
 
     info = load_dataset_info(shards)
+    start = time.perf_counter()
     train = build_datasets(str(shards), train_split="train", val_split="", labelled_only=True,
-                           unlabelled_fraction=0.5, flip=True, max_retries=2,
-                           counts=info["counts"]["split_label_kind"])["train"]
+                           unlabelled_fraction=0.5, flip=True, max_retries=2, info=info,
+                           cache=cache)["train"]
+    build = time.perf_counter() - start
     out, repeated = [], []
     previous: set[frozenset[int]] = set()
     for _ in range(epochs):
@@ -51,14 +56,15 @@ def pipeline_epochs(shards: Path, batch_size: int, epochs: int) -> tuple[list[tu
         rows = 0
         seen = set()
         for batch in train.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                        prefetch_batches=1):
+                                        prefetch_batches=1,
+                                        local_shuffle_buffer_size=shuffle_buffer_rows(batch_size)):
             rows += len(batch["sample_index"])
             seen.add(frozenset(batch["sample_index"].tolist()))
         out.append((rows, time.perf_counter() - start))
         if previous:
             repeated.append(len(seen & previous))
         previous = seen
-    return out, repeated
+    return build, out, repeated
 
 
 def trainer_rate(shards: Path, base_width: int, batch_size: int, warmup: int, steps: int) -> float:
@@ -103,6 +109,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--epochs", type=int, default=4, help="pipeline passes; the first is not counted")
     parser.add_argument("--warmup", type=int, default=2, help="untimed trainer steps")
     parser.add_argument("--steps", type=int, default=12, help="timed trainer steps")
+    parser.add_argument("--pipeline", choices=["auto", "cached", "streaming"], default="auto",
+                        help="auto: what a training run does (cache decoded rows when they fit the object store)")
     parser.add_argument("--data", default=None, help="folder to keep the demo data in (default: a temp folder)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -118,9 +126,12 @@ def main(argv: list[str] | None = None) -> float:
         shards = prepare_shards(Path(args.data) if args.data else tmp / "data", args.cases, args.slices, args.size)
         init_ray({"OMP_NUM_THREADS": "1"})
         try:
-            passes, repeated = pipeline_epochs(shards, args.batch_size, args.epochs)
+            cache = {"auto": None, "cached": True, "streaming": False}[args.pipeline]
+            build, passes, repeated = pipeline_epochs(shards, args.batch_size, args.epochs, cache)
         finally:
             ray.shutdown()
+        print(f"pipeline built in {build:.2f} s ({args.pipeline}; includes the one-off decode when cached)",
+              flush=True)
         for i, (rows, seconds) in enumerate(passes):
             print(f"pipeline pass {i}: {rows} slices in {seconds:.2f} s ({rows / seconds:.1f} slices/s)", flush=True)
         batches = passes[0][0] // args.batch_size

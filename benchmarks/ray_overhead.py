@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> float:
             ray_s = [float(v) for v in history["train_seconds"]][timed]
             slices = int(round(float(history["slices_per_s"].iloc[-1] * history["train_seconds"].iloc[-1])))
             print(f"Ray epochs (train_seconds): {', '.join(f'{s:.2f}' for s in ray_s)} s "
-                  f"({slices} slices per epoch)", flush=True)
+                  f"({slices} slices per epoch), of which waiting for data: "
+                  f"{', '.join(f'{float(s):.2f}' for s in history['data_wait_seconds'].iloc[timed])} s", flush=True)
             after = run_plain(cfg.seed + 1)[timed]
             print(f"plain epochs (after Ray):  {', '.join(f'{s:.2f}' for s in after)} s", flush=True)
         finally:

@@ -1,13 +1,19 @@
 """Ray Data pipelines that feed the training workers.
 
-Three datasets per run, all read from the Parquet shards:
+Three datasets per run, all read from the Parquet shards and decoded in
+``map_batches``:
 - ``train``: the rows a method trains on, block order randomised on every
-  execution (so every epoch sees a new order), decoded and flip-augmented in
-  ``map_batches``; semi-supervised methods get unlabelled rows mixed in at the
-  configured share;
+  execution (so every epoch sees a new order) and flip-augmented; semi-supervised
+  methods get unlabelled rows mixed in at the configured share;
 - ``score``: the same rows unaugmented, for the epoch-end scoring pass that
   drives label correction and the training Dice;
 - ``val``: the validation split, for the validation Dice.
+
+When the decoded rows fit in a quarter of the object store they are decoded
+once per run and cached there in blocks of 32 rows: an epoch then only reorders
+blocks and flips, instead of re-listing files, re-reading Parquet and
+re-decoding (which cost every epoch 10 s of start-up on our machines, see
+docs/performance.md). Larger datasets stream from Parquet every epoch.
 
 The ``map_batches`` functions live in this import-safe module (no work at
 import) because Ray ships them to worker processes by reference.
@@ -22,11 +28,24 @@ import numpy as np
 
 from aide_ray.data.decode import decode_batch
 
-__all__ = ["build_datasets", "flip_augment", "has_validation", "TRAIN_COLUMNS"]
+__all__ = ["build_datasets", "cache_fits", "decoded_bytes", "flip_augment", "has_validation", "shuffle_buffer_rows",
+           "TRAIN_COLUMNS"]
+
+# Decoded rows are cached in the object store when they take at most this share
+# of it (the rest stays for Ray Data's own blocks, checkpoints and the label store).
+CACHE_SHARE_OF_OBJECT_STORE = 0.25
+CACHE_BLOCK_ROWS = 32
+ROW_OVERHEAD_BYTES = 256  # ids, flags and Arrow/numpy bookkeeping per row, a generous bound
 
 # Columns the training path needs; the rest of the schema stays on disk.
 TRAIN_COLUMNS = ["sample_index", "sample_id", "case_id", "image", "label", "clean_label", "label_kind",
                  "num_modalities", "height", "width", "slice_index"]
+
+
+def shuffle_buffer_rows(batch_size: int) -> int:
+    """Rows a worker's local shuffle buffer holds: block-order randomisation alone keeps each
+    block's rows together, so every epoch would repeat the same batches."""
+    return max(8 * batch_size, 64)
 
 
 def flip_augment(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,6 +79,20 @@ def _decoded(ds, max_retries: int, batch_size: int = 64):
     return ds.map_batches(decode_batch, batch_format="numpy", batch_size=batch_size, max_retries=max_retries)
 
 
+def decoded_bytes(shape: tuple[int, int, int] | list[int], rows: int) -> int:
+    """Object-store bytes of ``rows`` decoded slices of ``shape`` (M, H, W): float32 image, two uint8 masks, ids."""
+    m, h, w = (int(v) for v in shape)
+    return rows * (4 * m * h * w + 2 * h * w + ROW_OVERHEAD_BYTES)
+
+
+def cache_fits(nbytes: int) -> bool:
+    """Whether ``nbytes`` of decoded rows fit in the share of the cluster's object store we allow for them."""
+    import ray
+
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    return nbytes <= CACHE_SHARE_OF_OBJECT_STORE * store
+
+
 def has_validation(val_split: str, counts: dict[str, Any]) -> bool:
     """Whether a run validates: the validation split is named and has labelled rows.
 
@@ -72,7 +105,7 @@ def has_validation(val_split: str, counts: dict[str, Any]) -> bool:
 
 def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelled_only: bool,
                    unlabelled_fraction: float, flip: bool, max_retries: int,
-                   counts: dict[str, Any]) -> dict[str, Any]:
+                   info: dict[str, Any], cache: bool | None = None) -> dict[str, Any]:
     """The ``train``, ``score`` and (if the split has rows) ``val`` datasets.
 
     Args:
@@ -80,21 +113,39 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
         labelled_only: drop rows without a label (every non-semi-supervised method).
         unlabelled_fraction: semi-supervised methods: expected share of unlabelled
             rows in a batch; the unlabelled rows are resampled to reach it.
-        counts: ``dataset.json``'s ``counts.split_label_kind`` (split -> kind -> rows).
+        info: the shards' ``dataset.json`` (row counts per split and kind, slice shape).
+        cache: decode once and keep the decoded rows in the object store (every
+            epoch then only reorders and flips them); None: when they take at most
+            ``CACHE_SHARE_OF_OBJECT_STORE`` of the cluster's object store.
     """
     from aide_ray.data.shards import read_slices
 
-    def rows(split: str):
-        return read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS)
-
+    counts = info["counts"]["split_label_kind"]
     split_counts = counts.get(train_split, {})
     n_labelled = int(split_counts.get("hq", 0)) + int(split_counts.get("lq", 0))
     n_unlabelled = int(split_counts.get("none", 0))
-    base = rows(train_split)
-    labelled = base.filter(expr="label_kind != 'none'") if n_unlabelled else base
+    use_unlabelled = not labelled_only and n_unlabelled > 0 and unlabelled_fraction > 0
+    validate = has_validation(val_split, counts)
+    if cache is None:
+        val_counts = counts.get(val_split, {}) if validate else {}
+        rows = n_labelled + (n_unlabelled if use_unlabelled else 0) \
+            + int(val_counts.get("hq", 0)) + int(val_counts.get("lq", 0))
+        cache = cache_fits(decoded_bytes(info["shape"], rows))
+
+    def decoded(split: str, kind_filter: str | None, rows: int):
+        ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS)
+        if kind_filter:
+            ds = ds.filter(expr=kind_filter)
+        ds = _decoded(ds, max_retries)
+        if cache:
+            # Small blocks, so that reordering blocks every epoch mixes rows of many cases.
+            ds = ds.repartition(max(1, math.ceil(rows / CACHE_BLOCK_ROWS))).materialize()
+        return ds
+
+    labelled = decoded(train_split, "label_kind != 'none'" if n_unlabelled else None, n_labelled)
     train = labelled
-    if not labelled_only and n_unlabelled and unlabelled_fraction > 0:
-        unlabelled = base.filter(expr="label_kind == 'none'")
+    if use_unlabelled:
+        unlabelled = decoded(train_split, "label_kind == 'none'", n_unlabelled)
         # Rows needed so that unlabelled / (labelled + unlabelled) == fraction.
         wanted = unlabelled_fraction / (1.0 - unlabelled_fraction) * max(n_labelled, 1)
         copies = max(1, math.ceil(wanted / n_unlabelled))
@@ -104,11 +155,10 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
             pool = pool.random_sample(fraction)
         train = labelled.union(pool)
     train = train.randomize_block_order()
-    train = _decoded(train, max_retries)
     train = train.map_batches(flip_augment if flip else _no_flip, batch_format="numpy", max_retries=max_retries)
-    score = _decoded(labelled, max_retries).map_batches(_no_flip, batch_format="numpy", max_retries=max_retries)
-    datasets = {"train": train, "score": score}
-    if has_validation(val_split, counts):
-        val = _decoded(rows(val_split).filter(expr="label_kind != 'none'"), max_retries)
+    datasets = {"train": train, "score": labelled.map_batches(_no_flip, batch_format="numpy", max_retries=max_retries)}
+    if validate:
+        val_counts = counts[val_split]
+        val = decoded(val_split, "label_kind != 'none'", int(val_counts.get("hq", 0)) + int(val_counts.get("lq", 0)))
         datasets["val"] = val.map_batches(_no_flip, batch_format="numpy", max_retries=max_retries)
     return datasets

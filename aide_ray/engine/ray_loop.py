@@ -16,6 +16,7 @@ the checkpoint it resumes from.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -31,6 +32,7 @@ import torch.distributed as dist
 
 from aide_ray.config import Config, from_dict
 from aide_ray.engine.checkpoint import LABEL_STORE_FILE, load_state, save_checkpoint
+from aide_ray.engine.data_pipeline import shuffle_buffer_rows
 from aide_ray.engine.label_store import LabelCache, encode_differences
 from aide_ray.engine.step import correction_candidates, ensemble_probs, make_optimizers, train_one_step
 from aide_ray.methods.base import Batch, Method
@@ -84,8 +86,6 @@ def _to_batch(raw: dict[str, np.ndarray], cache: LabelCache, slots: int, device:
 def _batches(shard, batch_size: int, *, drop_last: bool, shuffle_rows: int | None = None):
     # iter_batches (numpy) rather than iter_torch_batches: rows carry strings
     # (sample_id, case_id) and label overlays happen in numpy before tensors are made.
-    # Block-order randomisation alone keeps each block's rows together, so every
-    # epoch would repeat the same batches; a local shuffle buffer mixes rows across blocks.
     return shard.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=drop_last,
                               prefetch_batches=1, local_shuffle_buffer_size=shuffle_rows)
 
@@ -331,8 +331,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         sums: dict[str, float] = defaultdict(float)
         steps = slices = corrected_rows = 0
         version_at_start = cache.version
-        for step, raw in enumerate(_batches(train_shard, cfg.batch_size, drop_last=True,
-                                                    shuffle_rows=max(8 * cfg.batch_size, 64))):
+        data_wait = 0.0
+        batches = iter(_batches(train_shard, cfg.batch_size, drop_last=True,
+                                shuffle_rows=shuffle_buffer_rows(cfg.batch_size)))
+        for step in itertools.count():
+            waited = time.perf_counter()
+            raw = next(batches, None)
+            data_wait += time.perf_counter() - waited
+            if raw is None:
+                break
             if fail_at and (epoch, step, rank) == (fail_at["epoch"], fail_at["step"], fail_at["rank"]) \
                     and not os.path.exists(fail_at["marker"]):
                 Path(fail_at["marker"]).write_text(f"killed at epoch {epoch} step {step}\n")
@@ -393,6 +400,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics["rows_with_corrected_label"] = sum(p["corrected_rows"] for p in parts)
         metrics["seconds"] = elapsed
         metrics["train_seconds"] = train_seconds
+        metrics["data_wait_seconds"] = data_wait  # rank 0's; time its training pass waited for batches
         metrics["slices_per_s"] = sum(p["slices"] for p in parts) / max(train_seconds, 1e-9)
         metrics["lr"] = float(next(iter(optimizers.values())).param_groups[0]["lr"])
         history.append(metrics)

@@ -136,7 +136,7 @@ def build_trainer(cfg: Config, shards: Path, name: str, *, callbacks: Sequence[A
     datasets = build_datasets(str(shards), train_split=cfg.data.train_split, val_split=cfg.data.val_split,
                               labelled_only=not method.uses_unlabelled,
                               unlabelled_fraction=cfg.data.unlabelled_fraction, flip=cfg.data.flip_augment,
-                              max_retries=cfg.data.max_retries, counts=counts)
+                              max_retries=cfg.data.max_retries, info=info)
     has_val = "val" in datasets
     storage = storage_path or fs.resolve(cfg.run.storage_path)
     # The actor's own restart snapshot must be a local file; on object storage the
