@@ -104,6 +104,9 @@ class ModelConfig(_Section):
     _prefix: ClassVar[str] = "model"
     base_width: int = 16  # paper: 64 (64 ... 1024); small for CPU runs
     num_classes: int = 2  # including background
+    # A checkpoint or run folder whose weights start every net (a same-named net, else its first
+    # inference net): the reference code starts both AIDE nets from one pretrained network.
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         self._in_range("base_width", 1, 1024)

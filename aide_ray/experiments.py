@@ -60,6 +60,7 @@ class ArmSpec:
     config: str  # path of the arm's YAML, relative to jobs/experiments/
     data: str  # which prepared training set: a key the driver understands (e.g. "noisy", "clean")
     title: str  # as printed in tables
+    init_from: str | None = None  # an arm whose run of the same seed starts this arm's nets (model.init_from)
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,16 @@ SETTINGS: dict[str, SettingSpec] = {
             ArmSpec("gce", "noisy/gce.yaml", "noisy", "GCE, noisy labels"),
             ArmSpec("aide", "noisy/aide.yaml", "noisy", "AIDE λ=10, noisy labels"),
             ArmSpec("aide_lambda1", "noisy/aide_lambda1.yaml", "noisy", "AIDE λ=1, noisy labels"),
+            ArmSpec("aide_pretrained", "noisy/aide_pretrained.yaml", "noisy",
+                    "AIDE λ=1 from the supervised net, noisy labels", init_from="supervised_noisy"),
             ArmSpec("supervised_clean", "noisy/supervised_clean.yaml", "clean", "supervised, clean labels (upper bound)"),
         ),
         comparisons=(("aide", "supervised_noisy"), ("aide", "coteaching"), ("aide", "gce"),
                      ("aide", "supervised_clean"),
                      ("aide_lambda1", "supervised_noisy"), ("aide_lambda1", "coteaching"), ("aide_lambda1", "gce"),
-                     ("aide_lambda1", "supervised_clean"), ("aide_lambda1", "aide")),
+                     ("aide_lambda1", "supervised_clean"), ("aide_lambda1", "aide"),
+                     ("aide_pretrained", "supervised_noisy"), ("aide_pretrained", "coteaching"),
+                     ("aide_pretrained", "gce"), ("aide_pretrained", "supervised_clean")),
     ),
     "annotators": SettingSpec(
         name="annotators",

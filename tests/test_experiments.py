@@ -279,3 +279,16 @@ def test_unfinished_run_says_how_far_training_got(noisy_exp: Path) -> None:
     text = setting_markdown(noisy_exp)
     assert ("- `coteaching_s1`: training started but did not finish; its newest checkpoint is after epoch 3, "
             "so it has no test predictions.") in text
+
+
+def test_arm_scoped_overrides_apply_to_their_arm_only() -> None:
+    run = _load_run_module()
+    given = ["epochs=40", "aide_lambda1:aide.ramp_epochs=40", "aide.temperature=0.3", "run.name=a:b"]
+    assert run.arm_overrides(given, "aide_lambda1") == ["epochs=40", "aide.ramp_epochs=40", "aide.temperature=0.3",
+                                                        "run.name=a:b"]
+    assert run.arm_overrides(given, "aide") == ["epochs=40", "aide.temperature=0.3", "run.name=a:b"]
+    assert run.build_parser().parse_args(["noisy", "--data", "d", "--out", "o", "--engine", "plain"]).engine == "plain"
+    args = run.build_parser().parse_args(["noisy", "--data", "d", "--out", "o", "--set", "nope:epochs=2"])
+    args.data = str(Path(__file__).parent)  # an existing folder: the arm check comes before any data work
+    with pytest.raises(InputError, match="no arm 'nope'"):
+        run.run_setting(args)

@@ -33,6 +33,7 @@ __all__ = [
     "load_state",
     "load_checkpoint",
     "resolve_checkpoint",
+    "init_nets_from",
 ]
 
 FORMAT = "aide_ray/1"
@@ -160,3 +161,34 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
 def copy_checkpoint(src: str | Path, dst: str | Path) -> Path:
     """Copy a checkpoint folder (used to pin the best checkpoint of a run)."""
     return Path(shutil.copytree(src, dst, dirs_exist_ok=True))
+
+
+def init_nets_from(nets: dict[str, nn.Module], path: str | Path) -> Path:
+    """Load a checkpoint's weights into fresh ``nets`` (``model.init_from``), in place.
+
+    Each net takes the checkpoint's net of the same name if it has one, else the
+    checkpoint's first inference net: a supervised "net" starts both AIDE twins,
+    as the reference code starts both from one pretrained network.
+
+    Returns:
+        The checkpoint folder used.
+
+    Raises:
+        CheckpointError: ``path`` is no checkpoint, or its nets do not fit (another
+            width, class count or number of input channels).
+    """
+    from aide_ray.methods.registry import method_class
+
+    folder = resolve_checkpoint(path)
+    state = load_state(folder)
+    source = state["nets"]
+    first = method_class(state["method"]).eval_nets[0]
+    for name, net in nets.items():
+        weights = source.get(name, source[first])
+        try:
+            getattr(net, "module", net).load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"model.init_from: the nets of {folder} do not fit this model "
+                                  f"(model.base_width, model.num_classes and the input channels must match): "
+                                  f"{str(e).splitlines()[0]}") from e
+    return folder

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from aide_ray.engine.checkpoint import init_nets_from
 from aide_ray.engine.step import correction_candidates, ensemble_probs, make_optimizers, train_one_step
+from aide_ray.exceptions import ConfigError
 from aide_ray.methods.base import Batch, Method
 from aide_ray.methods.correction import (dice_per_sample, eligible_mask, has_foreground, select_for_correction,
                                          should_update, target_slot)
@@ -113,25 +115,26 @@ def make_batch(images: np.ndarray, labels: np.ndarray, labelled: np.ndarray, hq:
 
 
 def ensemble_dice(method: Method, nets: dict[str, nn.Module], images: np.ndarray, labels: np.ndarray,
-                  batch_size: int) -> np.ndarray:
+                  batch_size: int, device: torch.device | str = "cpu") -> np.ndarray:
     """(N,) Dice of the ensemble's argmax (``method.eval_nets``) against ``labels`` (N, H, W)."""
     scores = []
     for start in range(0, len(images), batch_size):
         image = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32))
-        pred = ensemble_probs(nets, method.eval_nets, image).argmax(dim=1)
-        label = torch.from_numpy(np.asarray(labels[start:start + batch_size])).long()
-        scores.append(dice_per_sample(pred, label, method.cfg.model.num_classes).double().numpy())
+        pred = ensemble_probs(nets, method.eval_nets, image.to(device)).argmax(dim=1)
+        label = torch.from_numpy(np.asarray(labels[start:start + batch_size])).long().to(device)
+        scores.append(dice_per_sample(pred, label, method.cfg.model.num_classes).double().cpu().numpy())
     return np.concatenate(scores)
 
 
 def collect_candidates(method: Method, nets: dict[str, nn.Module], images: np.ndarray, current: np.ndarray,
                        labelled: np.ndarray, hq: np.ndarray, batch_size: int,
-                       largest_component: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+                       largest_component: bool = False,
+                       device: torch.device | str = "cpu") -> list[tuple[np.ndarray, np.ndarray]]:
     """``correction_candidates`` over every row: per slot, (dice (N,), pred (N, H, W) uint8)."""
     parts: list[list[tuple[np.ndarray, np.ndarray]]] = []
     all_rows = np.arange(len(images))
     for index in iterate_batches(all_rows, batch_size, drop_last=False):
-        parts.append(correction_candidates(method, nets, make_batch(images, current, labelled, hq, index),
+        parts.append(correction_candidates(method, nets, make_batch(images, current, labelled, hq, index).to(device),
                                            largest_component=largest_component))
     return [(np.concatenate([p[s][0] for p in parts]), np.concatenate([p[s][1] for p in parts]))
             for s in range(method.label_slots)]
@@ -186,7 +189,7 @@ def train_in_memory(
     seed: int = 0,
     callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> InMemoryResult:
-    """Train ``cfg.method`` on in-memory arrays in this process.
+    """Train ``cfg.method`` on in-memory arrays in this process (on the GPU when ``cfg.use_gpu``).
 
     Each epoch: shuffle the training rows (seeded), run ``train_one_step`` on
     batches of ``cfg.batch_size`` (random horizontal flips when
@@ -211,6 +214,7 @@ def train_in_memory(
         :class:`InMemoryResult`.
 
     Raises:
+        ConfigError: ``use_gpu`` without a CUDA device.
         ValueError: on inconsistent shapes, labels outside [0, num_classes), no
             trainable rows, or ``eval.best_metric = "val_dice"`` without ``val``.
     """
@@ -225,10 +229,17 @@ def train_in_memory(
     if n_epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {n_epochs}")
 
+    if cfg.use_gpu and not torch.cuda.is_available():
+        raise ConfigError("use_gpu is true but torch sees no CUDA device")
+    device = torch.device("cuda" if cfg.use_gpu else "cpu")
+
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     method = method_class(cfg.method)(cfg, in_channels=images.shape[1])
     nets = method.build_nets()
+    if cfg.model.init_from:
+        init_nets_from(nets, cfg.model.init_from)
+    nets = {name: net.to(device) for name, net in nets.items()}
     optimizers, schedulers = make_optimizers(cfg, nets, method.trained_nets)
 
     current = np.repeat(np.asarray(labels, dtype=np.uint8)[:, None], method.label_slots, axis=1)
@@ -245,8 +256,8 @@ def train_in_memory(
         steps = rows = 0
         for index in iterate_batches(rng.permutation(train_rows), cfg.batch_size):
             flip = rng.random(len(index)) < 0.5 if cfg.data.flip_augment else None
-            metrics = train_one_step(method, nets, optimizers, make_batch(images, current, labelled, hq, index,
-                                                                         flip=flip), epoch)
+            batch = make_batch(images, current, labelled, hq, index, flip=flip).to(device)
+            metrics = train_one_step(method, nets, optimizers, batch, epoch)
             for key, value in metrics.items():
                 sums[key] += value
             steps += 1
@@ -258,14 +269,14 @@ def train_in_memory(
             sched.step()
 
         candidates = collect_candidates(method, nets, images, current, labelled, hq, cfg.batch_size,
-                                        largest_component=cfg.aide.largest_component)
+                                        largest_component=cfg.aide.largest_component, device=device)
         train_dice = []
         for slot, (dice, _) in enumerate(candidates):
             value = float(dice[labelled].mean()) if labelled.any() else float("nan")
             record[f"train_dice_{method.net_names[slot]}"] = value
             train_dice.append(value)
         if val is not None:
-            record["val_dice"] = float(ensemble_dice(method, nets, val[0], val[1], cfg.batch_size).mean())
+            record["val_dice"] = float(ensemble_dice(method, nets, val[0], val[1], cfg.batch_size, device).mean())
         metric = record["val_dice"] if use_val else float(np.mean(train_dice))
         if metric > result.best_metric:
             result.best_epoch, result.best_metric = epoch, metric
@@ -281,6 +292,8 @@ def train_in_memory(
         result.history.append(record)
         if callback is not None:
             callback(epoch, record)
-    for name in method.trained_nets:
-        nets[name].train()
+    for name, net in nets.items():
+        net.cpu()
+        if name in method.trained_nets:
+            net.train()
     return result

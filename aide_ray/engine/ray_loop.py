@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from aide_ray.config import Config, from_dict
-from aide_ray.engine.checkpoint import LABEL_STORE_FILE, load_state, save_checkpoint
+from aide_ray.engine.checkpoint import LABEL_STORE_FILE, init_nets_from, load_state, save_checkpoint
 from aide_ray.engine.data_pipeline import shuffle_buffer_rows
 from aide_ray.engine.label_store import LabelCache, encode_differences
 from aide_ray.engine.step import correction_candidates, ensemble_probs, make_optimizers, train_one_step
@@ -306,6 +306,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     method = method_class(cfg.method)(cfg, in_channels)
     torch.manual_seed(cfg.seed)
     nets = method.build_nets()
+    if cfg.model.init_from:
+        init_nets_from(nets, cfg.model.init_from)
     nets = {name: prepare_model(net) if name in method.trained_nets else net.to(device)
             for name, net in nets.items()}
     optimizers, schedulers = make_optimizers(cfg, nets, method.trained_nets)

@@ -26,8 +26,8 @@ from aide_ray.engine.checkpoint import BEST_POINTER, LABEL_STORE_FILE
 from aide_ray.engine.ray_loop import FAIL_AT_KEY, HISTORY_FILE, SAMPLES_FILE, SCORES_FILE, train_loop_per_worker
 from aide_ray.exceptions import ConfigError, InputError
 
-__all__ = ["TrainingOutcome", "best_metric_name", "prepare_shards", "init_ray", "build_trainer", "run_training", "run_dir_of",
-           "summary_table"]
+__all__ = ["TrainingOutcome", "best_metric_name", "check_init_from", "prepare_shards", "init_ray", "build_trainer",
+           "run_training", "run_dir_of", "summary_table"]
 
 DEMO_SIZE = 64  # in-plane size of the demo data
 
@@ -89,6 +89,18 @@ def init_ray(cfg: Config) -> None:
     # controller polls; without it the driver log fills with retry warnings.
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=env,
              log_to_driver=True, _node_ip_address="127.0.0.1")
+
+
+def check_init_from(cfg: Config, shards: Path | str) -> None:
+    """Fail before any Ray work when ``model.init_from`` cannot start this model's nets."""
+    if not cfg.model.init_from:
+        return
+    from aide_ray.data.shards import load_dataset_info
+    from aide_ray.engine.checkpoint import init_nets_from
+    from aide_ray.methods.registry import method_class
+
+    in_channels = int(load_dataset_info(shards)["shape"][0])
+    init_nets_from(method_class(cfg.method)(cfg, in_channels).build_nets(), cfg.model.init_from)
 
 
 def run_dir_of(cfg: Config, name: str) -> Path | str:
@@ -240,6 +252,7 @@ def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict
         if not resume.is_dir():
             raise ConfigError(f"--resume {resume} is not a run folder")
         cfg = cfg.replace(**{"run.storage_path": str(resume.parent), "run.name": resume.name})
+    check_init_from(cfg, shards)
     name = cfg.run.name or f"{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     init_ray(cfg)
     run_dir = run_dir_of(cfg, name)

@@ -545,7 +545,7 @@ def run_sweep(cfg: Config, space: Mapping[str, Param], *, num_samples: int, sear
         ConfigError: invalid search, or every trial failed.
         FileExistsError: the sweep folder (or results.csv in ``out``) exists already.
     """
-    from aide_ray.engine.train import init_ray, prepare_shards
+    from aide_ray.engine.train import check_init_from, init_ray, prepare_shards
 
     check_search(search, space, num_samples)
     if max_concurrent is not None and max_concurrent < 1:
@@ -565,6 +565,7 @@ def run_sweep(cfg: Config, space: Mapping[str, Param], *, num_samples: int, sear
         raise FileExistsError(f"{out_dir / 'results.csv'} already exists; choose another --out or remove it")
 
     shards = prepare_shards(cfg)  # once, on the sweep's driver; every trial reads the same shards
+    check_init_from(cfg, shards)
     metric = sweep_metric(cfg, _has_val(cfg, shards))
 
     import ray

@@ -9,7 +9,8 @@
 Options of the three settings: ``--seeds 0 1 2`` (training seeds; the data split and the
 label noise keep seed 0), ``--arms a b`` (a subset), ``--full`` (the paper's GPU size from
 jobs/experiments/full.yaml), ``--set key=value`` (extra config overrides for every arm),
-``--parallel N`` (arms trained at the same time), ``--force`` (redo finished arms).
+``--parallel N`` (arms trained at the same time), ``--force`` (redo finished arms),
+``--engine plain`` (train with jobs/train_plain.py: one process, no Ray).
 
 Every step is an ``aide-ray`` command (train, predict, evaluate, figures) or a library call
 of ``aide_ray.data`` (manifests, label corruption, ingest), run in this order per arm and seed:
@@ -258,8 +259,20 @@ PREPARE: dict[str, Callable[..., dict]] = {"noisy": prepare_noisy, "annotators":
 
 # --------------------------------------------------------------------------- arms
 
+def arm_overrides(overrides: Sequence[str], arm: str) -> list[str]:
+    """The ``key=value`` overrides for ``arm``: plain ones, and ``ARM:key=value`` ones naming it."""
+    out = []
+    for item in overrides:
+        scope, sep, rest = item.partition(":")
+        if not sep or "=" in scope:
+            out.append(item)
+        elif scope == arm:
+            out.append(rest)
+    return out
+
+
 def train_predict_evaluate(out: Path, spec: SettingSpec, arm_name: str, seed: int, shards: Path, reference: Path,
-                           overrides: Sequence[str], force: bool) -> bool:
+                           overrides: Sequence[str], force: bool, engine: str = "ray") -> bool:
     arm = spec.arm(arm_name)
     name = run_name(arm_name, seed)
     run_dir, pred, report = out / "train" / name, out / "pred" / name, out / "eval" / name
@@ -270,8 +283,12 @@ def train_predict_evaluate(out: Path, spec: SettingSpec, arm_name: str, seed: in
         # A half-written run folder would make Ray Train restore a stale state; start clean.
         if run_dir.exists():
             shutil.rmtree(run_dir)
-        cmd = [*aide_ray_cmd(), "train", "--config", str(EXP_DIR / arm.config), f"data.shards={shards}",
-               f"seed={seed}", f"run.storage_path={out / 'train'}", f"run.name={name}", *overrides]
+        trainer = [*aide_ray_cmd(), "train"] if engine == "ray" else [sys.executable, str(REPO / "jobs" / "train_plain.py")]
+        cmd = [*trainer, "--config", str(EXP_DIR / arm.config), f"data.shards={shards}",
+               f"seed={seed}", f"run.storage_path={out / 'train'}", f"run.name={name}",
+               *arm_overrides(overrides, arm_name)]
+        if arm.init_from:
+            cmd.append(f"model.init_from={out / 'train' / run_name(arm.init_from, seed)}")
         if not run_stage(out, "train", arm_name, seed, cmd, out / "logs" / f"train_{name}.log"):
             return False
     if not run_stage(out, "predict", arm_name, seed,
@@ -298,9 +315,11 @@ def write_experiment(out: Path, args: argparse.Namespace, spec: SettingSpec, pre
     arms = [a.name for a in spec.arms if a.name in arms]
     data = os.path.relpath(args.data) if not os.path.isabs(args.data) else args.data
     command = (f"python jobs/experiments/run.py {spec.name} --data {data} --out {args.out} "
-               f"--seeds {' '.join(map(str, seeds))}" + (" --full" if args.full else ""))
+               f"--seeds {' '.join(map(str, seeds))}" + (" --full" if args.full else "")
+               + (f" --engine {args.engine}" if args.engine != "ray" else "")
+               + (f" --set {' '.join(args.set)}" if args.set else ""))
     info = {"setting": spec.name, "data": str(Path(args.data).resolve()), "seeds": seeds, "arms": arms,
-            "full": bool(args.full), "command": command,
+            "full": bool(args.full), "engine": args.engine, "command": command,
             "size_note": f"{size} x {size} inputs" + (f" (resampled to spacing {spacing[0]:g} px)" if spacing else ""),
             "data_note": prepared["note"], "overrides": list(args.set)}
     path.write_text(json.dumps(info, indent=2) + "\n")
@@ -316,6 +335,10 @@ def run_setting(args: argparse.Namespace) -> int:
     arms = args.arms or [a.name for a in spec.arms]
     for arm in arms:
         spec.arm(arm)  # unknown arm names fail before any work
+    for item in args.set:
+        scope, sep, _ = item.partition(":")
+        if sep and "=" not in scope:
+            spec.arm(scope)  # so does an ARM:key=value naming no arm
     args.arms = arms
     size, spacing = image_size(spec.name, args.full)
     overrides = (load_full_overrides(spec.name) if args.full else []) + list(args.set)
@@ -339,22 +362,26 @@ def run_setting(args: argparse.Namespace) -> int:
         shards = getter()
         if shards is None:
             return False
-        return train_predict_evaluate(out, spec, arm, seed, shards, reference, overrides, args.force)
+        return train_predict_evaluate(out, spec, arm, seed, shards, reference, overrides, args.force, args.engine)
 
-    # Setting 3: a pseudo-label arm waits for the 10% model of its seed only. Jobs start in submission
-    # order, so every supervised_hq10 job is running or done before a job that waits for it starts.
-    first = [j for j in jobs if spec.arm(j[0]).data != "pseudo"]
-    later = [j for j in jobs if spec.arm(j[0]).data == "pseudo"]
+    # An arm that needs another arm's run of its seed (setting 3's pseudo-labels come from the 10% model;
+    # model.init_from) waits for it. Jobs start in submission order, so every job waited for is running
+    # or done before a job that waits for it starts.
+    def needs(arm: str) -> str | None:
+        return "supervised_hq10" if spec.arm(arm).data == "pseudo" else spec.arm(arm).init_from
+
+    first = [j for j in jobs if needs(j[0]) is None]
+    later = [j for j in jobs if needs(j[0]) is not None]
     with ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool:
         futures = {(arm, seed): pool.submit(one, (arm, seed, getter)) for arm, seed, getter in first}
 
-        def after_hq10(job) -> bool:
-            hq10 = futures.get(("supervised_hq10", job[1]))
-            if hq10 is not None:
-                hq10.result()
+        def after_needed(job) -> bool:
+            needed = futures.get((needs(job[0]), job[1]))
+            if needed is not None:
+                needed.result()
             return one(job)
 
-        futures.update({(arm, seed): pool.submit(after_hq10, (arm, seed, getter)) for arm, seed, getter in later})
+        futures.update({(arm, seed): pool.submit(after_needed, (arm, seed, getter)) for arm, seed, getter in later})
         results = [futures[(arm, seed)].result() for arm, seed, _ in first + later]
     failed = [run_name(a, s) for (a, s, _), ok in zip(first + later, results) if not ok]
     log(f"{spec.name}: {len(results) - len(failed)} of {len(results)} arm runs finished"
@@ -390,7 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (default: 0)")
         p.add_argument("--arms", nargs="+", choices=[a.name for a in spec.arms], help="arms to run (default: all)")
         p.add_argument("--full", action="store_true", help="the paper's GPU size (jobs/experiments/full.yaml)")
-        p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides for every arm")
+        p.add_argument("--set", nargs="*", default=[], metavar="[ARM:]KEY=VALUE",
+                       help="extra overrides for every arm, or with ARM: for that arm only")
+        p.add_argument("--engine", choices=["ray", "plain"], default="ray",
+                       help="ray: `aide-ray train` (default); plain: jobs/train_plain.py, one process, no Ray")
         p.add_argument("--parallel", type=int, default=1, help="arms trained at the same time (default: 1)")
         p.add_argument("--force", action="store_true", help="redo arms that already finished")
         p.set_defaults(setting=name)

@@ -77,3 +77,18 @@ def test_aide_correction_candidates_on_cuda():
         assert dice.shape == (4,) and pred.shape == (4, 32, 32)
         assert isinstance(pred, np.ndarray) and pred.dtype == np.uint8
         assert np.all((dice >= 0) & (dice <= 1))
+
+
+def test_plain_loop_trains_and_corrects_on_cuda():
+    from aide_ray.engine.loop import train_in_memory
+
+    cfg = demo_config(["method=aide", "use_gpu=true", "model.base_width=4", "batch_size=4",
+                       "aide.num_augmentations=2", "aide.warmup_epochs=2"])
+    batch = _batch(1, n=4)
+    images = np.concatenate([batch.image.numpy()] * 2)
+    labels = np.concatenate([batch.labels[:, 0].numpy().astype(np.uint8)] * 2)
+    result = train_in_memory(cfg, images, labels, np.ones(8, bool), np.zeros(8, bool), val=(images[:2], labels[:2]),
+                             epochs=2, seed=0)
+    assert all(np.isfinite(r["loss"]) and 0 <= r["val_dice"] <= 1 for r in result.history)
+    assert all(p.device.type == "cpu" for net in result.nets.values() for p in net.parameters())
+    assert result.labels.shape == (8, 2, 32, 32)
