@@ -418,10 +418,13 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
     arms = [a.name for a in spec.arms if a.name in info.get("arms", [a.name for a in spec.arms])]
     cases, missing = collect_cases(out_dir, arms, seeds)
     done = [a for a in arms if (cases["arm"] == a).any()]
-    lines = [f"## {spec.title}", ""]
+    # A folder run with other settings than the recipe's defaults is a variant: its heading names the folder.
+    variant = info.get("engine", "ray") != "ray" or info.get("full") or info.get("overrides")
+    lines = [f"## {spec.title}" + (f" — `{out_dir.name}`" if variant else ""), ""]
     if "command" in info:
-        lines += [f"Made by `{info['command']}`; seeds {seeds}; "
-                  f"{'full (GPU) size' if info.get('full') else 'CPU size'}: {info.get('size_note', '')}".rstrip(": "),
+        size = "full (GPU) size" if info.get("full") else "CPU size" + (" changed by the overrides above"
+                                                                        if info.get("overrides") else "")
+        lines += [f"Made by `{info['command']}`; seeds {seeds}; {size}: {info.get('size_note', '')}".rstrip(": "),
                   ""]
     if info.get("data_note"):
         lines += [info["data_note"], ""]

@@ -292,3 +292,13 @@ def test_arm_scoped_overrides_apply_to_their_arm_only() -> None:
     args.data = str(Path(__file__).parent)  # an existing folder: the arm check comes before any data work
     with pytest.raises(InputError, match="no arm 'nope'"):
         run.run_setting(args)
+
+
+def test_a_variant_folder_is_named_in_its_heading(noisy_exp: Path) -> None:
+    assert setting_markdown(noisy_exp).splitlines()[0] == "## Setting 1: noisy labels (Shenzhen chest X-ray lungs)"
+    info = json.loads((noisy_exp / "experiment.json").read_text())
+    info.update(engine="plain", overrides=["epochs=40"])
+    (noisy_exp / "experiment.json").write_text(json.dumps(info))
+    text = setting_markdown(noisy_exp)
+    assert text.splitlines()[0] == "## Setting 1: noisy labels (Shenzhen chest X-ray lungs) — `exp_noisy`"
+    assert "CPU size changed by the overrides above" in text
