@@ -126,11 +126,9 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
     n_unlabelled = int(split_counts.get("none", 0))
     use_unlabelled = not labelled_only and n_unlabelled > 0 and unlabelled_fraction > 0
     validate = has_validation(val_split, counts)
+    n_val = sum(int(counts[val_split].get(kind, 0)) for kind in ("hq", "lq")) if validate else 0
     if cache is None:
-        val_counts = counts.get(val_split, {}) if validate else {}
-        rows = n_labelled + (n_unlabelled if use_unlabelled else 0) \
-            + int(val_counts.get("hq", 0)) + int(val_counts.get("lq", 0))
-        cache = cache_fits(decoded_bytes(info["shape"], rows))
+        cache = cache_fits(decoded_bytes(info["shape"], n_labelled + n_val + (n_unlabelled if use_unlabelled else 0)))
 
     def decoded(split: str, kind_filter: str | None, rows: int):
         ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS)
@@ -158,7 +156,6 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
     train = train.map_batches(flip_augment if flip else _no_flip, batch_format="numpy", max_retries=max_retries)
     datasets = {"train": train, "score": labelled.map_batches(_no_flip, batch_format="numpy", max_retries=max_retries)}
     if validate:
-        val_counts = counts[val_split]
-        val = decoded(val_split, "label_kind != 'none'", int(val_counts.get("hq", 0)) + int(val_counts.get("lq", 0)))
+        val = decoded(val_split, "label_kind != 'none'", n_val)
         datasets["val"] = val.map_batches(_no_flip, batch_format="numpy", max_retries=max_retries)
     return datasets
