@@ -500,7 +500,9 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
     if quality:
         lines += ["Label correction: mean Dice of the training labels each AIDE net used in an epoch against the "
                   "HQ labels, over the training rows that have one, at the training resolution (`train_scores.csv`; "
-                  "epoch 1 shows the labels as given):", ""]
+                  "epoch 1 shows the labels as given"
+                  + ("; plain-loop runs record only those and the labels after the last epoch"
+                     if info.get("engine") == "plain" else "") + "):", ""]
         for arm, seed, q in quality:
             header = ["epoch"] + [f"{titles[arm]} s{seed}, {c}" for c in q.columns if c.startswith("net")]
             rows = [[str(int(r["epoch"]))] + [f"{r[c]:.3f}" for c in q.columns if c.startswith("net")]

@@ -8,6 +8,12 @@ on the shards decoded into memory, and writes a run folder that
 engine's:
 
     RUN_DIR/config.yaml  metrics.csv  best_checkpoint.txt  checkpoint_best/{state.pt, dataset.json}
+            final_labels.npz  train_scores.csv
+
+``train_scores.csv`` has the Ray engine's columns but only two epochs: the labels as
+given (epoch 0) and the labels after the last epoch (epoch = ``epochs``), each against
+the HQ label where the shards hold one, so that the results page can show what label
+correction did to the training labels.
 
 What it does not do: data parallelism, resume, the label-store actor and its
 snapshots (the corrected labels live in memory; the checkpoint holds the nets
@@ -42,6 +48,26 @@ from aide_ray.exceptions import ConfigError  # noqa: E402
 BEST_DIR = "checkpoint_best"
 COLUMNS = ["epoch", "loss", "train_dice_net1", "train_dice_net2", "train_dice_net", "val_dice", "labels_corrected",
            "seconds"]
+
+
+def write_label_scores(path: Path, rows: dict[str, np.ndarray], final: np.ndarray, epochs: int) -> None:
+    """``train_scores.csv`` of the given (epoch 0) and final (epoch ``epochs``) labels against the HQ ones.
+
+    Args:
+        rows: the train split as :func:`read_slices_local` gives it.
+        final: (N, S, H, W) labels of each slot after the last epoch, rows in the order of ``rows``.
+    """
+    from aide_ray.methods.correction import dice_per_sample
+
+    has_clean = rows["has_clean_label"] & rows["has_label"]
+    tables = []
+    for epoch, labels in ((0, np.repeat(rows["label"][:, None], final.shape[1], axis=1)), (epochs, final)):
+        for slot in range(final.shape[1]):
+            dice = np.asarray(dice_per_sample(labels[:, slot], rows["clean_label"]), dtype=float)
+            tables.append(pd.DataFrame({"epoch": epoch, "sample_index": rows["sample_index"], "slot": slot,
+                                        "dice_pred_vs_label": np.nan,
+                                        "dice_label_vs_clean": np.where(has_clean, dice, np.nan)}))
+    pd.concat(tables, ignore_index=True).to_csv(path, index=False)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -91,6 +117,7 @@ def main(argv: list[str] | None = None) -> Path:
                         metrics={"best_metric": result.best_metric})
         history.to_csv(tmp / "metrics.csv", index=False)
         np.savez_compressed(tmp / "final_labels.npz", sample_index=train["sample_index"], labels=result.labels)
+        write_label_scores(tmp / "train_scores.csv", train, result.labels, len(history))
         (tmp / BEST_POINTER).write_text(BEST_DIR + "\n")
         atomic_write_text(tmp / "config.yaml", cfg.to_yaml())
     shown = [c for c in COLUMNS if c in history.columns]

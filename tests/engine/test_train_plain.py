@@ -97,3 +97,27 @@ def test_init_from_starts_both_twins_from_one_supervised_net(shards, tmp_path):
                                    "batch_size=4", "aide.num_augmentations=2", f"model.init_from={supervised}",
                                    f"run.storage_path={tmp_path}", "run.name=aide_init"])
     assert load_checkpoint(run_dir).config.model.init_from == str(supervised)
+
+
+def test_label_scores_hold_the_given_and_final_labels_against_hq(shards, tmp_path):
+    from aide_ray.experiments import label_quality
+
+    module = _train_plain()
+    rows = read_slices_local(shards, split="train")
+    final = np.repeat(rows["clean_label"][:, None], 2, axis=1)  # a perfect correction
+    final[:, 1] = 0  # ... for net1's slot only; net2's labels erased
+    path = tmp_path / "train_scores.csv"
+    module.write_label_scores(path, rows, final, epochs=3)
+    scores = pd.read_csv(path)
+    assert sorted(scores["epoch"].unique()) == [0, 3] and len(scores) == 4 * len(rows["label"])
+    # Read back as the results page does: epoch 1 = labels as given, epoch 4 = after the 3rd epoch.
+    out = tmp_path / "exp"
+    (out / "train" / "aide_s0").mkdir(parents=True)
+    path.rename(out / "train" / "aide_s0" / "train_scores.csv")
+    q = label_quality(out, "aide", 0).set_index("epoch")
+    has = rows["has_clean_label"]
+    given = [(2 * (a & b).sum() / max(a.sum() + b.sum(), 1)) if (a.any() or b.any()) else 1.0
+             for a, b in zip(rows["label"][has] > 0, rows["clean_label"][has] > 0)]
+    assert q.loc[1, "net1"] == pytest.approx(np.mean(given)) and q.loc[1, "net2"] == pytest.approx(np.mean(given))
+    assert q.loc[4, "net1"] == pytest.approx(1.0)
+    assert q.loc[4, "net2"] == pytest.approx(np.mean([0.0 if c.any() else 1.0 for c in rows["clean_label"][has]]))
