@@ -118,10 +118,16 @@ def _counts(manifest: Path) -> str:
     return ", ".join(f"{s} {df[df['split'] == s]['case_id'].nunique()}" for s in ("train", "val", "test"))
 
 
-def prepare_noisy(data: Path, out: Path, size: int, spacing) -> dict[str, object]:
-    """Clean manifest (70/10/20 by case), pymic-jsrt noisy copy, and both ingested."""
-    from aide_ray.data.noise import corrupt_manifest, noisy_label_dice
+def _shenzhen(data: Path, out: Path, protocol: str, folder: str, **options) -> tuple[Path, Path, pd.DataFrame]:
+    """Settings 1 and 3: the clean Shenzhen manifest (70/10/20 by case) and its ``protocol`` copy.
+
+    The copy goes to ``OUT/data/<folder>/manifest.csv``; both are made once and reused.
+
+    Returns:
+        (clean manifest, corrupted manifest, the corrupted manifest's train rows).
+    """
     from aide_ray.data.manifest import read_manifest
+    from aide_ray.data.noise import corrupt_manifest
     from aide_ray.data.recipes import shenzhen_manifest
 
     d = out / "data"
@@ -129,15 +135,23 @@ def prepare_noisy(data: Path, out: Path, size: int, spacing) -> dict[str, object
     clean = d / "clean.csv"
     if not clean.is_file():
         shenzhen_manifest(data, clean, split_seed=NOISE_SEED)
-    noisy = d / "noisy" / "manifest.csv"
-    if not noisy.is_file():
-        corrupt_manifest(clean, d / "noisy", "pymic-jsrt", NOISE_SEED, clean_fraction=0.05, overwrite=True)
-    train = read_manifest(noisy)
-    train = train[train["split"] == "train"]
+    corrupted = d / folder / "manifest.csv"
+    if not corrupted.is_file():
+        corrupt_manifest(clean, corrupted.parent, protocol, NOISE_SEED, overwrite=True, **options)
+    train = read_manifest(corrupted)
+    return clean, corrupted, train[train["split"] == "train"]
+
+
+def prepare_noisy(data: Path, out: Path, size: int, spacing) -> dict[str, object]:
+    """Clean manifest (70/10/20 by case), pymic-jsrt noisy copy, and both ingested."""
+    from aide_ray.data.noise import noisy_label_dice
+
+    clean, noisy, train = _shenzhen(data, out, "pymic-jsrt", "noisy", clean_fraction=0.05)
     dice = noisy_label_dice(train[train["label_kind"] == "lq"])
     note = (f"Cases (train, val, test): {_counts(clean)}. Train labels: pymic-jsrt noise (seed {NOISE_SEED}), "
             f"{int((train['label_kind'] == 'hq').sum())} cases clean, {int((train['label_kind'] == 'lq').sum())} "
             f"noisy, mean Dice of noisy vs clean label {dice.mean():.3f}. Test references: the original masks.")
+    d = out / "data"
     return {"train": {"noisy": ingest_once(noisy, d / "shards_noisy", size, spacing),
                       "clean": ingest_once(clean, d / "shards_clean", size, spacing)},
             "reference": clean, "note": note}
@@ -180,20 +194,8 @@ def prepare_annotators(data: Path, out: Path, size: int, spacing) -> dict[str, o
 
 def prepare_limited(data: Path, out: Path, size: int, spacing) -> dict[str, object]:
     """Clean manifest (same split as setting 1) and the 10%-labelled copy; pseudo-labels come later."""
-    from aide_ray.data.noise import corrupt_manifest
-    from aide_ray.data.manifest import read_manifest
-    from aide_ray.data.recipes import shenzhen_manifest
-
+    clean, limited, train = _shenzhen(data, out, "limited", "limited", labelled_fraction=0.1)
     d = out / "data"
-    d.mkdir(parents=True, exist_ok=True)
-    clean = d / "clean.csv"
-    if not clean.is_file():
-        shenzhen_manifest(data, clean, split_seed=NOISE_SEED)
-    limited = d / "limited" / "manifest.csv"
-    if not limited.is_file():
-        corrupt_manifest(clean, d / "limited", "limited", NOISE_SEED, labelled_fraction=0.1, overwrite=True)
-    train = read_manifest(limited)
-    train = train[train["split"] == "train"]
     note = (f"Cases (train, val, test): {_counts(clean)}. HQ labels kept for "
             f"{int((train['label_kind'] == 'hq').sum())} train cases (seed {NOISE_SEED}); the other "
             f"{int((train['label_kind'] == 'none').sum())} get LQ pseudo-labels predicted by the same seed's "
