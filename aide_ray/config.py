@@ -5,14 +5,19 @@ pairs from the command line, validated completely when built: an unknown key
 fails with the closest valid key, an out-of-range value fails naming the key
 and the allowed range. Workers, the label store and Tune receive these
 objects, never raw dicts, so a typo can never be silently ignored.
+
+The run's own sections (data, optim, eval, run) are defined here; the model's
+in :mod:`aide_ray.nn.model`; each method's options in the method's own file,
+found through the method registry. A method's section is keyed by its name
+(``aide.temperature``, ``gce.q``) and reached as ``cfg.options`` (the chosen
+method's) or ``cfg.options_of(name)``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
+import functools
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,64 +26,28 @@ from typing import Any, ClassVar, Mapping, Sequence
 import yaml
 
 from aide_ray.exceptions import ConfigError
-from aide_ray.methods.registry import METHOD_NAMES
+from aide_ray.methods.registry import METHOD_NAMES, options_class
+from aide_ray.nn.model import ModelConfig
+from aide_ray.options import Section, fail
 
 __all__ = [
     "Config",
     "DataConfig",
     "ModelConfig",
-    "AideConfig",
-    "CoteachingConfig",
-    "GceConfig",
-    "NrDiceConfig",
-    "MeanTeacherConfig",
-    "CpsConfig",
     "OptimConfig",
     "EvalConfig",
     "RunConfig",
     "load_config",
+    "from_dict",
     "demo_config",
     "all_keys",
+    "parse_overrides",
+    "DEMO_SETTINGS",
 ]
 
 
-def _fail(key: str, allowed: str, value: Any) -> None:
-    raise ConfigError(f"{key} must be {allowed}, got {value!r}")
-
-
-class _Section:
-    """Mixin: dotted prefix for messages, range checks shared by every section."""
-
-    _prefix: ClassVar[str] = ""
-
-    def _key(self, name: str) -> str:
-        return f"{self._prefix}.{name}" if self._prefix else name
-
-    def _in_range(self, name: str, lo: float | None, hi: float | None, *, lo_open: bool = False,
-                  hi_open: bool = False) -> None:
-        value = getattr(self, name)
-        bad = isinstance(value, float) and not math.isfinite(value)
-        if lo is not None:
-            bad = bad or (value <= lo if lo_open else value < lo)
-        if hi is not None:
-            bad = bad or (value >= hi if hi_open else value > hi)
-        if bad:
-            left = "(" if lo_open else "["
-            right = ")" if hi_open or hi is None else "]"
-            lo_s = "-inf" if lo is None else f"{lo:g}"
-            hi_s = "inf" if hi is None else f"{hi:g}"
-            _fail(self._key(name), f"in {left}{lo_s}, {hi_s}{right}", value)
-
-    def _one_of(self, name: str, options: Sequence[str]) -> None:
-        value = getattr(self, name)
-        if value not in options:
-            close = difflib.get_close_matches(str(value), options, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            _fail(self._key(name), f"one of {list(options)}{hint}", value)
-
-
 @dataclass(frozen=True)
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the Parquet slice shards are and how batches are drawn from them."""
 
     _prefix: ClassVar[str] = "data"
@@ -87,120 +56,19 @@ class DataConfig(_Section):
     train_split: str = "train"
     val_split: str = "val"  # empty string: no validation
     unlabelled_fraction: float = 0.5  # semi-supervised methods: share of each batch taken from unlabelled rows
-    flip_augment: bool = True  # random flips of training batches in Ray Data
+    flip_augment: bool = True  # random flips of training batches
+    shuffle: bool = True  # a new order of the training rows every epoch; false: sample order (tests, debugging)
     max_retries: int = 2  # Ray Data task retries; a worker dying inside a task is otherwise retried forever
 
     def __post_init__(self) -> None:
         self._in_range("unlabelled_fraction", 0.0, 1.0, hi_open=True)
         self._in_range("max_retries", 0, None)
         if not self.train_split:
-            _fail(self._key("train_split"), "a non-empty split name", self.train_split)
+            fail(self._key("train_split"), "a non-empty split name", self.train_split)
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Section):
-    """U-Net size. Input channels come from the dataset (number of modalities)."""
-
-    _prefix: ClassVar[str] = "model"
-    base_width: int = 16  # paper: 64 (64 ... 1024); small for CPU runs
-    num_classes: int = 2  # including background
-    # A checkpoint or run folder whose weights start every net (a same-named net, else its first
-    # inference net): the reference code starts both AIDE nets from one pretrained network.
-    init_from: str = ""
-
-    def __post_init__(self) -> None:
-        self._in_range("base_width", 1, 1024)
-        self._in_range("num_classes", 2, 255)
-
-
-@dataclass(frozen=True)
-class AideConfig(_Section):
-    """AIDE hyperparameters; defaults follow the reference code (see docs/algorithm.md)."""
-
-    _prefix: ClassVar[str] = "aide"
-    update_ratio: float = 0.25  # R: share of eligible samples relabelled per update
-    temperature: float = 0.5  # T: sharpening of the averaged pseudo-label, T < 1 sharpens
-    warmup_epochs: int = 20  # labels are updated every epoch while epoch + 1 <= warmup_epochs
-    update_every: int = 10  # ... and afterwards when (epoch + 1) % update_every == 0
-    consistency_weight: float = 10.0  # lambda
-    ramp_epochs: int = 20  # q_t: r = min((epoch / q_t)^2, 1)
-    num_augmentations: int = 4  # K
-    small_loss_fraction: float = 0.5  # share of each batch the twin deems clean
-    rotation_degrees: float = 60.0  # augmentation rotations in [-theta, theta]
-    pseudo_label_eval_mode: bool = True  # pseudo-label forward passes in eval mode (batch-norm running stats)
-    correct_hq: bool = False  # whether HQ-labelled samples may be relabelled
-    largest_component: bool = False  # keep the largest connected component of predictions used as labels
-
-    def __post_init__(self) -> None:
-        self._in_range("update_ratio", 0.0, 1.0, lo_open=True)
-        self._in_range("temperature", 0.0, None, lo_open=True)
-        self._in_range("warmup_epochs", 0, None)
-        self._in_range("update_every", 1, None)
-        self._in_range("consistency_weight", 0.0, None)
-        self._in_range("ramp_epochs", 1, None)
-        self._in_range("num_augmentations", 1, 64)
-        self._in_range("small_loss_fraction", 0.0, 1.0, lo_open=True)
-        self._in_range("rotation_degrees", 0.0, 180.0)
-
-
-@dataclass(frozen=True)
-class CoteachingConfig(_Section):
-    _prefix: ClassVar[str] = "coteaching"
-    forget_rate: float = 0.2  # final share of each batch dropped as large-loss
-    ramp_epochs: int = 10  # forget rate grows linearly to its final value over these epochs
-    pixel_level: bool = False  # select small-loss pixels instead of samples (PyMIC's NLLCoTeaching)
-
-    def __post_init__(self) -> None:
-        self._in_range("forget_rate", 0.0, 1.0, hi_open=True)
-        self._in_range("ramp_epochs", 0, None)
-
-
-@dataclass(frozen=True)
-class GceConfig(_Section):
-    _prefix: ClassVar[str] = "gce"
-    q: float = 0.5  # (1 - p^q) / q; q -> 0 is cross-entropy, q = 1 is MAE
-
-    def __post_init__(self) -> None:
-        self._in_range("q", 0.0, 1.0, lo_open=True)
-
-
-@dataclass(frozen=True)
-class NrDiceConfig(_Section):
-    _prefix: ClassVar[str] = "nrdice"
-    gamma: float = 1.5  # exponent of |p - y|; 2 gives the usual soft Dice's numerator form
-
-    def __post_init__(self) -> None:
-        self._in_range("gamma", 1.0, 2.0)
-
-
-@dataclass(frozen=True)
-class MeanTeacherConfig(_Section):
-    _prefix: ClassVar[str] = "meanteacher"
-    ema_decay: float = 0.99  # teacher = decay * teacher + (1 - decay) * student
-    consistency_weight: float = 0.1
-    ramp_epochs: int = 20  # sigmoid ramp-up of the consistency weight
-    noise_std: float = 0.1  # Gaussian input noise on unlabelled images
-
-    def __post_init__(self) -> None:
-        self._in_range("ema_decay", 0.0, 1.0, hi_open=True)
-        self._in_range("consistency_weight", 0.0, None)
-        self._in_range("ramp_epochs", 0, None)
-        self._in_range("noise_std", 0.0, None)
-
-
-@dataclass(frozen=True)
-class CpsConfig(_Section):
-    _prefix: ClassVar[str] = "cps"
-    consistency_weight: float = 1.0
-    ramp_epochs: int = 20
-
-    def __post_init__(self) -> None:
-        self._in_range("consistency_weight", 0.0, None)
-        self._in_range("ramp_epochs", 0, None)
-
-
-@dataclass(frozen=True)
-class OptimConfig(_Section):
+class OptimConfig(Section):
     """Adam (amsgrad) and a step schedule, as the AIDE reference code."""
 
     _prefix: ClassVar[str] = "optim"
@@ -218,7 +86,7 @@ class OptimConfig(_Section):
 
 
 @dataclass(frozen=True)
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Post-processing of predictions and the metric that picks the best weights."""
 
     _prefix: ClassVar[str] = "eval"
@@ -233,7 +101,7 @@ class EvalConfig(_Section):
 
 
 @dataclass(frozen=True)
-class RunConfig(_Section):
+class RunConfig(Section):
     """Where a run writes, how it is named, and how it survives failures."""
 
     _prefix: ClassVar[str] = "run"
@@ -246,11 +114,21 @@ class RunConfig(_Section):
         self._in_range("max_failures", -1, None)
         self._in_range("checkpoints_to_keep", 1, None)
         if "/" in self.name:
-            _fail(self._key("name"), "a name without '/'", self.name)
+            fail(self._key("name"), "a name without '/'", self.name)
+
+
+@functools.lru_cache(maxsize=1)
+def _method_sections() -> dict[str, type]:
+    """Method name -> its options dataclass (imports the method modules once)."""
+    return {name: options_class(name) for name in sorted(METHOD_NAMES)}
+
+
+def _default_method_options() -> dict[str, Any]:
+    return {name: cls() for name, cls in _method_sections().items()}
 
 
 @dataclass(frozen=True)
-class Config(_Section):
+class Config(Section):
     """Everything a run needs. Build with :func:`load_config`."""
 
     method: str = "aide"
@@ -262,15 +140,11 @@ class Config(_Section):
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    aide: AideConfig = field(default_factory=AideConfig)
-    coteaching: CoteachingConfig = field(default_factory=CoteachingConfig)
-    gce: GceConfig = field(default_factory=GceConfig)
-    nrdice: NrDiceConfig = field(default_factory=NrDiceConfig)
-    meanteacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
-    cps: CpsConfig = field(default_factory=CpsConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # Every registered method's options, keyed by method name (YAML: top-level sections).
+    method_options: dict[str, Any] = field(default_factory=_default_method_options, repr=False)
 
     def __post_init__(self) -> None:
         self._one_of("method", sorted(METHOD_NAMES))
@@ -279,9 +153,29 @@ class Config(_Section):
         self._in_range("workers", 1, None)
         self._in_range("cpus_per_worker", 0.0, None, lo_open=True)
 
+    @property
+    def options(self) -> Any:
+        """The chosen method's options section."""
+        return self.method_options[self.method]
+
+    def options_of(self, method: str) -> Any:
+        """The options section of ``method``."""
+        if method not in self.method_options:
+            raise ConfigError(f"method must be one of {sorted(self.method_options)}, got {method!r}")
+        return self.method_options[method]
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (YAML- and torch weights_only-safe)."""
-        return dataclasses.asdict(self)
+        """Plain nested dict (YAML- and torch weights_only-safe); method sections at the top level."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "method_options":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        for name, options in self.method_options.items():
+            if dataclasses.fields(options):  # a method without options has no section
+                out[name] = dataclasses.asdict(options)
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -295,13 +189,21 @@ class Config(_Section):
 
 def _field_types(cls: type) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.name != "method_options"}
+
+
+def _sections_of(cls: type) -> dict[str, Any]:
+    """Field name -> type, with the method sections as fields of :class:`Config`."""
+    types_ = _field_types(cls)
+    if cls is Config:
+        types_.update(_method_sections())
+    return types_
 
 
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Every valid dotted key, e.g. ``aide.update_ratio``."""
     keys = []
-    for name, tp in _field_types(cls).items():
+    for name, tp in _sections_of(cls).items():
         if dataclasses.is_dataclass(tp):
             keys += all_keys(tp, f"{prefix}{name}.")
         else:
@@ -319,13 +221,13 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
     if tp is bool:
         if isinstance(value, bool):
             return value
-        _fail(key, "true or false", value)
+        fail(key, "true or false", value)
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        _fail(key, "an integer", value)
+        fail(key, "an integer", value)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -334,7 +236,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        _fail(key, "a number", value)
+        fail(key, "a number", value)
     if tp is str:
         if isinstance(value, str):
             return value
@@ -342,7 +244,7 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
             return ""
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
-        _fail(key, "a string", value)
+        fail(key, "a string", value)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         return value
     return value
@@ -351,17 +253,23 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
 def _build(cls: type, raw: Mapping[str, Any], prefix: str, source: str) -> Any:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'} in {source} must be a mapping, got {raw!r}")
-    types_ = _field_types(cls)
-    kwargs = {}
+    types_ = _sections_of(cls)
+    kwargs: dict[str, Any] = {}
+    methods = _method_sections() if cls is Config else {}
+    options = {name: options_cls() for name, options_cls in methods.items()}
     for name, value in raw.items():
         key = f"{prefix}{name}"
         if name not in types_:
             raise _unknown_key(key, source)
         tp = types_[name]
-        if dataclasses.is_dataclass(tp):
+        if name in methods:
+            options[name] = _build(tp, value or {}, f"{key}.", source)
+        elif dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value or {}, f"{key}.", source)
         else:
             kwargs[name] = _coerce(key, tp, value)
+    if cls is Config:
+        kwargs["method_options"] = options
     return cls(**kwargs)
 
 

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ray
 
-def init_ray(env_vars: dict[str, str], attempts: int = 3) -> None:
-    """Start a local 4-CPU Ray; retried because on an overloaded machine the raylet can miss
-    Ray's fixed 30 s registration deadline ("The current node timed out during startup")."""
-    import ray
+from aide_ray.data.demo import make_demo_data
+from aide_ray.data.ingest import ingest
+from aide_ray.data.preprocess import Preprocessing
+from aide_ray.distributed.runtime import init_ray as start_ray
 
+
+def init_ray(attempts: int = 3) -> None:
+    """Start a local 4-CPU Ray (no dashboard, workers' output not forwarded) with the project's one helper.
+
+    Retried because on an overloaded machine the raylet can miss Ray's fixed 30 s
+    registration deadline ("The current node timed out during startup").
+    """
     for attempt in range(attempts):
         try:
-            ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": env_vars})
+            start_ray(num_cpus=4, dashboard=False, log_to_driver=False)
             return
         except Exception as e:  # Ray raises a bare Exception for this
             ray.shutdown()
@@ -28,10 +35,6 @@ def init_ray(env_vars: dict[str, str], attempts: int = 3) -> None:
 
 def prepare_shards(root: Path, cases: int, slices: int, size: int) -> Path:
     """Demo data ingested into ``root/shards`` (reused when already there)."""
-    from aide_ray.data.demo import make_demo_data
-    from aide_ray.data.ingest import ingest
-    from aide_ray.data.preprocess import Preprocessing
-
     shards = root / "shards"
     if not (shards / "dataset.json").is_file():
         manifest = make_demo_data(root / "raw", cases=cases, slices=slices, size=size, overwrite=True)

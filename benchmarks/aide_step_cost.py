@@ -73,15 +73,15 @@ def main(argv: list[str] | None = None) -> float:
     cfg = load_config(None, [f"model.base_width={args.base_width}", f"batch_size={args.batch_size}"])
     batch = _batch(args.batch_size, args.size, torch.Generator().manual_seed(0)).to(device)
 
-    aide = Aide(cfg, in_channels=1)
+    aide = Aide.from_config(cfg, 1)
     aide_nets = {name: net.to(device) for name, net in aide.build_nets().items()}
-    aide_opts, _ = make_optimizers(cfg, aide_nets, aide.trained_nets)
+    aide_opts, _ = make_optimizers(cfg.optim, aide_nets, aide.trained_nets)
 
     sup = Supervised(cfg.replace(method="supervised"), in_channels=1)
     sup_runs = []
     for _ in range(2):
         nets = {name: net.to(device) for name, net in sup.build_nets().items()}
-        sup_runs.append((nets, make_optimizers(cfg, nets, sup.trained_nets)[0]))
+        sup_runs.append((nets, make_optimizers(cfg.optim, nets, sup.trained_nets)[0]))
     sup_batch = Batch(batch.image, batch.labels[:, :1], batch.labelled, batch.hq, batch.sample_index)
 
     def aide_step() -> None:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> float:
     # mostly waits, so wall time after synchronisation is the measure.
     ratio = aide_cpu / sup_cpu if device.type == "cpu" else aide_wall / sup_wall
     print(f"config: device={device} batch={args.batch_size} size={args.size} base_width={args.base_width} threads={args.threads} "
-          f"K={cfg.aide.num_augmentations} reps={args.reps} torch={torch.__version__} "
+          f"K={cfg.options_of("aide").num_augmentations} reps={args.reps} torch={torch.__version__} "
           f"pseudo_label_rows_per_pass={default_rows_per_pass(batch.image)}")
     print(f"aide_step_s wall median={aide_wall:.3f} all={[round(t[0], 3) for t in aide_t]}")
     print(f"two_supervised_steps_s wall median={sup_wall:.3f} all={[round(t[0], 3) for t in sup_t]}")

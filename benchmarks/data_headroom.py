@@ -1,6 +1,6 @@
 """Headroom of the Ray Data training pipeline over what one AIDE trainer consumes.
 
-Producer: the ``train`` dataset of :func:`aide_ray.engine.data_pipeline.build_datasets`
+Producer: the ``train`` dataset of :func:`aide_ray.distributed.data_pipeline.build_datasets`
 (Parquet read of the train split and decode, cached once in the object store when
 it fits, then per pass block reordering and random flips; the exact pipeline a
 training run streams; ``--pipeline streaming`` measures the fallback for data that
@@ -10,7 +10,7 @@ over the epochs after the first (the first includes Ray Data's start-up) and
 also over all of them.
 
 Consumer: :func:`aide_ray.engine.step.train_one_step` for AIDE (base width 8,
-64 x 64 slices, batch 8, one torch thread) on decoded batches held in memory;
+64 x 64 slices, batch 8, one torch thread) on the local backend's batches held in memory;
 slices/s over timed steps after warm-up steps.
 
 The two are measured one after the other (a training run overlaps them), so
@@ -30,7 +30,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from _common import init_ray, prepare_shards
 
@@ -41,7 +40,7 @@ def pipeline_epochs(shards: Path, batch_size: int, epochs: int,
     full pass over it, and per pass after the first, how many of its batches hold exactly the
     rows of a batch of the previous pass (a check on shuffling)."""
     from aide_ray.data.shards import load_dataset_info
-    from aide_ray.engine.data_pipeline import build_datasets, shuffle_buffer_rows
+    from aide_ray.distributed.data_pipeline import build_datasets, shuffle_buffer_rows
 
     info = load_dataset_info(shards)
     start = time.perf_counter()
@@ -68,34 +67,39 @@ def pipeline_epochs(shards: Path, batch_size: int, epochs: int,
 
 
 def trainer_rate(shards: Path, base_width: int, batch_size: int, warmup: int, steps: int) -> float:
-    """Slices/s of AIDE's ``train_one_step`` on decoded in-memory batches of the train split."""
+    """Slices/s of AIDE's training step on the local backend's in-memory batches of the train split."""
     from aide_ray.config import demo_config
-    from aide_ray.data.shards import read_slices_local
-    from aide_ray.engine.loop import iterate_batches, make_batch
+    from aide_ray.engine.batches import to_batch
+    from aide_ray.engine.local import LocalBackend
+    from aide_ray.engine.run_setup import prepare_run
     from aide_ray.engine.step import make_optimizers, train_one_step
-    from aide_ray.methods.registry import method_class
+    from aide_ray.labels import LabelCache, LabelStore
+    from aide_ray.methods.registry import create_method
 
-    cfg = demo_config(["method=aide", f"model.base_width={base_width}", f"batch_size={batch_size}"])
-    rows = read_slices_local(shards, split="train")
+    cfg = demo_config(["method=aide", f"model.base_width={base_width}", f"batch_size={batch_size}",
+                       f"data.shards={shards}", f"run.storage_path={shards.parent}", "run.name=headroom"])
+    setup = prepare_run(cfg)
+    info = setup.info
+    method = create_method(cfg, int(info["shape"][0]))
+    store = LabelStore(int(info["num_samples"]), method.label_slots, tuple(info["shape"][1:]))
+    backend = LocalBackend(setup, store)
+    cache = LabelCache(int(info["num_samples"]), method.label_slots, tuple(info["shape"][1:]))
     torch.manual_seed(0)
-    rng = np.random.default_rng(0)
-    method = method_class("aide")(cfg, in_channels=rows["image"].shape[1])
     nets = method.build_nets()
-    optimizers, _ = make_optimizers(cfg, nets, method.trained_nets)
-    labels = np.repeat(rows["label"][:, None], method.label_slots, axis=1)
+    optimizers, _ = make_optimizers(cfg.optim, nets, method.trained_nets)
 
     def batches():
+        epoch = 0
         while True:
-            yield from iterate_batches(rng.permutation(len(labels)), batch_size)
+            yield from backend.batches("train", batch_size, epoch=epoch)
+            epoch += 1
 
     source = batches()
     for _ in range(warmup):
-        train_one_step(method, nets, optimizers,
-                       make_batch(rows["image"], labels, rows["has_label"], rows["hq"], next(source)), 1)
+        train_one_step(method, nets, optimizers, to_batch(next(source), cache, method.label_slots, backend.device), 1)
     start = time.perf_counter()
     for _ in range(steps):
-        train_one_step(method, nets, optimizers,
-                       make_batch(rows["image"], labels, rows["has_label"], rows["hq"], next(source)), 1)
+        train_one_step(method, nets, optimizers, to_batch(next(source), cache, method.label_slots, backend.device), 1)
     return steps * batch_size / (time.perf_counter() - start)
 
 
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> float:
     tmp = Path(tempfile.mkdtemp(prefix="aide-ray-bench-"))
     try:
         shards = prepare_shards(Path(args.data) if args.data else tmp / "data", args.cases, args.slices, args.size)
-        init_ray({"OMP_NUM_THREADS": "1"})
+        init_ray()  # workers get OMP_NUM_THREADS=1 (aide_ray.distributed.runtime.WORKER_ENV)
         try:
             cache = {"auto": None, "cached": True, "streaming": False}[args.pipeline]
             build, passes, repeated = pipeline_epochs(shards, args.batch_size, args.epochs, cache)

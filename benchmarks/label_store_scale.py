@@ -1,4 +1,4 @@
-"""Scale benchmark of AIDE's label store (aide_ray.engine.label_store.LabelStore).
+"""Scale benchmark of AIDE's label store (aide_ray.labels.LabelStore).
 
 Simulates label-correction epochs on the plain store for N = 10^4, 10^5, 10^6
 samples of 256 x 256 with R = 0.25 and 2 slots. Per epoch and slot: several
@@ -75,7 +75,7 @@ def make_pool(size: int, side: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def run_one(num_samples: int, args: argparse.Namespace) -> dict[str, float]:
     """Simulate ``args.epochs`` epochs at one N; returns the figures of that N."""
-    from aide_ray.engine.label_store import LabelCache, LabelStore, encode_differences
+    from aide_ray.labels import LabelCache, LabelStore, encode_differences
 
     rng = np.random.default_rng(args.seed)
     pool_source, pool_masks = make_pool(args.pool, args.side, args.seed)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A local Ray head for trying `ray job submit` on one machine (dashboard/Jobs API on 127.0.0.1).
-# Thin wrapper: the implementation is `aide-ray cluster` (aide_ray/cli/cluster.py).
+# Thin wrapper: the implementation is `aide-ray cluster` (aide_ray/cli/cluster.py, aide_ray/distributed/head.py).
 #
 #   cluster/local.sh up [--num-cpus 4] [--port 6379] [--dashboard-port 8265] [--temp-dir DIR] [--auth token]
 #   cluster/local.sh status [--port 6379]

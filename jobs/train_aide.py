@@ -1,6 +1,6 @@
-"""Train AIDE (or a baseline) with Ray.
+"""Train AIDE (or a baseline) with Ray, or in this process with --backend local.
 
-    python jobs/train_aide.py [--config CONFIG.yaml] [--resume RUN_DIR] [key=value ...]
+    python jobs/train_aide.py [--config CONFIG.yaml] [--resume RUN_DIR] [--backend ray|local] [key=value ...]
     ray job submit --working-dir . -- python jobs/train_aide.py --config CONFIG.yaml
 
 Without RAY_ADDRESS (and outside `ray job submit`) an embedded local Ray is

@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Ray cluster per test session.
+"""Shared fixtures: one local Ray cluster per test session, and tiny datasets (<= 128 slices, 32 px).
 
 On our 2-core machines, training workers that hold every logical CPU starve
 Ray Data's tasks and the run hangs, so the local cluster advertises 4 logical
@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
+
+from aide_ray.data.demo import make_demo_data
+from aide_ray.data.ingest import ingest
+from aide_ray.data.noise import corrupt_manifest
+from aide_ray.data.preprocess import Preprocessing
+from aide_ray.distributed.runtime import init_ray
 
 # Explicit, so tests do not depend on Ray's default; the cluster binds 127.0.0.1 only.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -29,14 +36,29 @@ def ray_cluster():
     """A local Ray cluster shared by every test that needs one."""
     import ray
 
-    tmp = tempfile.mkdtemp(prefix="aide-ray-")
-    ray.init(
-        num_cpus=RAY_TEST_CPUS,
-        include_dashboard=False,
-        _temp_dir=tmp,
-        ignore_reinit_error=True,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}},
-    )
+    init_ray(num_cpus=RAY_TEST_CPUS, dashboard=False, log_to_driver=False,
+             temp_dir=tempfile.mkdtemp(prefix="aide-ray-"))
     yield ray
     ray.shutdown()
+
+
+TINY = Preprocessing(target_spacing=None, size=32, normalize="zscore")
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tmp_path_factory) -> Path:
+    """6 cases x 4 slices: 4 train (noisy labels), 1 val, 1 test."""
+    return make_demo_data(tmp_path_factory.mktemp("tiny") / "raw", cases=6, slices=4, size=32, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_manifest, tmp_path_factory) -> Path:
+    return ingest(tiny_manifest, tmp_path_factory.mktemp("tiny") / "shards", TINY, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_semi_shards(tiny_manifest, tmp_path_factory) -> Path:
+    """The same cases with half of the train cases unlabelled (the `limited` protocol)."""
+    limited = corrupt_manifest(tiny_manifest, tmp_path_factory.mktemp("tiny") / "limited", "limited",
+                               seed=0, labelled_fraction=0.5)
+    return ingest(limited, tmp_path_factory.mktemp("tiny") / "semi_shards", TINY, progress=False)

@@ -20,14 +20,14 @@ def test_the_documented_keys_exist():
 def test_defaults_follow_the_reference_code():
     cfg = Config()
     assert (cfg.optim.lr, cfg.optim.amsgrad, cfg.optim.step_epochs, cfg.optim.gamma) == (1e-4, True, 30, 0.5)
-    assert (cfg.aide.consistency_weight, cfg.aide.ramp_epochs, cfg.aide.update_ratio) == (10.0, 20, 0.25)
+    assert (cfg.options_of("aide").consistency_weight, cfg.options_of("aide").ramp_epochs, cfg.options_of("aide").update_ratio) == (10.0, 20, 0.25)
 
 
 def test_yaml_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("method: coteaching\naide:\n  temperature: 0.3\nrun:\n  name: x\n")
     cfg = load_config(path, ["aide.temperature=0.7", "use_gpu=true", "epochs=3"])
-    assert cfg.method == "coteaching" and cfg.aide.temperature == 0.7 and cfg.use_gpu and cfg.epochs == 3
+    assert cfg.method == "coteaching" and cfg.options_of("aide").temperature == 0.7 and cfg.use_gpu and cfg.epochs == 3
     assert cfg.run.name == "x"
     assert load_config(None, [f"{k}={v}" for k, v in [("data.shards", "/x")]]).data.shards == "/x"
 

@@ -1,13 +1,17 @@
 """`aide-ray data-summary SHARDS_DIR`: stream one epoch through Ray Data and print a summary.
 
-Uses the running Ray session if there is one, else starts an embedded local
-one (4 logical CPUs, no dashboard, token auth off as it binds 127.0.0.1).
+Uses the running Ray session if there is one, joins ``RAY_ADDRESS`` if set,
+else starts an embedded local one (4 logical CPUs, no dashboard, token auth off
+as it binds 127.0.0.1) through :func:`aide_ray.distributed.runtime.init_ray`.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+
+from aide_ray.data.shards import load_dataset_info, summarize
+from aide_ray.distributed.runtime import init_ray
+from aide_ray.exceptions import InputError
 
 __all__ = ["add_arguments", "run"]
 
@@ -18,18 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.data.shards import load_dataset_info, summarize
-    from aide_ray.exceptions import InputError
-
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     info = load_dataset_info(args.shards)  # fail on a bad folder before starting Ray
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    init_ray(num_cpus=4, dashboard=False, log_to_driver=False)
     table = summarize(args.shards, batch_size=args.batch_size)
     a = table.attrs
     print(f"{args.shards}: {info['num_samples']} slices, shape [M, H, W] = {a['shape']}, "

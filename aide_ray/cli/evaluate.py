@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.eval.evaluate import evaluate_predictions, format_comparison, format_summary
+    from aide_ray.eval.evaluate import evaluate_predictions
+    from aide_ray.eval.report import format_comparison, format_summary
 
     result = evaluate_predictions(args.pred, args.ref, args.out, split=args.split, label_column=args.label_column,
                                   compare=args.compare, labels=args.labels, largest_component=args.lcc,

@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from aide_ray.engine.export_labels import LABELS_CSV, export_labels
+    from aide_ray.labels.export import LABELS_CSV, export_labels
 
     table = export_labels(args.run_dir, args.out, shards=args.shards, overwrite=args.overwrite)
     print(f"{len(table)} case(s) written to {args.out}; per-case table: {args.out}/{LABELS_CSV}")

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from aide_ray.eval.figures import write_run_figures
+    from aide_ray.eval.figures_run import write_run_figures
     from aide_ray.exceptions import InputError
 
     if not Path(args.run_dir).is_dir():

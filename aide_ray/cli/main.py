@@ -22,7 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "corrupt-labels": ("corrupt_labels", "simulate noisy or limited labels for a manifest (pymic-jsrt, limited)"),
     "ingest": ("ingest", "turn a manifest of images and labels into Parquet slice shards"),
     "data-summary": ("data_summary", "stream one epoch of shards through Ray Data and print a summary"),
-    "train": ("train", "train AIDE or a baseline on Ray (embedded local Ray unless RAY_ADDRESS is set)"),
+    "train": ("train", "train AIDE or a baseline on Ray (embedded unless RAY_ADDRESS is set) or locally (--backend local)"),
     "tune": ("tune", "sweep hyperparameters with Ray Tune"),
     "predict": ("predict", "segment images with a trained checkpoint, in the input's geometry"),
     "evaluate": ("evaluate", "score predictions against references (Dice, ASSD, HD95, ...), with paired t-tests"),

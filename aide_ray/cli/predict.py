@@ -39,16 +39,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.eval.predict import PredictOptions, predict
+    # Imported here, not at the top, so that `aide-ray --help` does not load torch.
     from aide_ray.exceptions import InputError
+    from aide_ray.inference.predictor import PredictOptions, predict
 
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.actors < 1:
+        raise InputError(f"actors must be >= 1, got {args.actors}")
+    pool = None
+    if args.use_ray is not False:
+        # Ray is imported only when the cases may go to the actor pool (--local never needs it).
+        from aide_ray.distributed.predict_pool import RayCasePool
+
+        pool = RayCasePool(actors=args.actors, gpus_per_actor=args.gpus_per_actor)
     # Flags not given (None): the run's own post-processing settings (cfg.eval).
     options = PredictOptions(net=args.net, tta=args.tta, largest_component=args.lcc, fill_holes=args.fill_holes,
                              batch_size=args.batch_size, device=args.device)
-    files = predict(args.checkpoint, args.input, args.out, options=options, split=args.split,
-                    use_ray=args.use_ray, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                    overwrite=args.overwrite)
+    # --ray: always the pool; --local: this process; neither: the pool for more than one case.
+    files = predict(args.checkpoint, args.input, args.out, options=options, split=args.split, pool=pool,
+                    use_pool=args.use_ray, overwrite=args.overwrite)
     print(f"{len(files)} prediction(s) written to {args.out}")
     return 0

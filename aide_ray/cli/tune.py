@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
+from aide_ray.config import demo_config, load_config
+from aide_ray.distributed.tune import SEARCH_ALGORITHMS, check_search, default_space, load_space, run_sweep
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from aide_ray.engine.tune import SEARCH_ALGORITHMS
-
     parser.add_argument("--config", help="base YAML config of every trial; without it, the demo data and demo settings")
     parser.add_argument("--space", help="search space YAML (dotted config key -> distribution); "
                                         "default: jobs/configs/space.default.yaml's space (R, T, warm-up, lambda)")
@@ -28,9 +29,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.config import demo_config, load_config
-    from aide_ray.engine.tune import check_search, default_space, load_space, run_sweep
-
     # The whole config, the space and the search are validated here, before any Ray work starts.
     cfg = load_config(args.config, args.overrides) if args.config else demo_config(args.overrides)
     space = load_space(args.space, cfg) if args.space else default_space(cfg)

@@ -1,4 +1,4 @@
-"""Data layer: manifests, demo data, label-noise simulation, preprocessing, Parquet shards, readers.
+"""Data layer: manifests, demo data, label-noise simulation, image I/O, preprocessing, Parquet shards, readers.
 
 Names are re-exported lazily (PEP 562): Ray Data workers import
 ``aide_ray.data.decode`` for :func:`decode_batch`, and that must not pull in
@@ -25,12 +25,12 @@ _EXPORTS: dict[str, str] = {
     "corrupt_manifest": "noise",
     "corrupt_mask": "noise",
     "corrupt_volume": "noise",
+    "check_same_geometry": "image_io",
+    "read_image": "image_io",
+    "read_label": "image_io",
     "PreparedCase": "preprocess",
     "Preprocessing": "preprocess",
-    "check_same_geometry": "preprocess",
     "preprocess_case": "preprocess",
-    "read_image": "preprocess",
-    "read_label": "preprocess",
     "restore_geometry": "preprocess",
     "qubiq_manifest": "recipes",
     "shenzhen_manifest": "recipes",
@@ -46,18 +46,11 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from aide_ray.data.decode import decode_batch
     from aide_ray.data.demo import make_demo_data
+    from aide_ray.data.image_io import check_same_geometry, read_image, read_label
     from aide_ray.data.ingest import ingest, sample_id
     from aide_ray.data.manifest import LABEL_KINDS, SPLITS, image_columns, read_manifest, write_manifest
     from aide_ray.data.noise import PROTOCOLS, corrupt_manifest, corrupt_mask, corrupt_volume
-    from aide_ray.data.preprocess import (
-        PreparedCase,
-        Preprocessing,
-        check_same_geometry,
-        preprocess_case,
-        read_image,
-        read_label,
-        restore_geometry,
-    )
+    from aide_ray.data.preprocess import PreparedCase, Preprocessing, preprocess_case, restore_geometry
     from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest
     from aide_ray.data.shards import SCHEMA, load_dataset_info, read_slices, read_slices_local, summarize
 

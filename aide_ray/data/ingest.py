@@ -26,14 +26,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from aide_ray._internal.io import atomic_dir
+from aide_ray.data.image_io import read_image
 from aide_ray.data.manifest import image_columns, read_manifest
-from aide_ray.data.preprocess import (
-    PreparedCase,
-    Preprocessing,
-    prepare_label,
-    preprocess_case,
-    read_image,
-)
+from aide_ray.data.preprocess import PreparedCase, Preprocessing, prepare_label, preprocess_case
 from aide_ray.data.shards import DATASET_JSON, SCHEMA, SCHEMA_VERSION
 from aide_ray.exceptions import InputError
 

@@ -1,14 +1,18 @@
-"""Evaluation: metrics, post-processing, reports, pictures and inference.
+"""Evaluation: metrics, post-processing, reports and pictures.
 
 The light, dependency-free parts are re-exported here; the rest are imported
 from their modules so that ``import aide_ray.eval`` pulls in neither torch nor
 matplotlib:
 
+- :mod:`aide_ray.eval.dice`: the one Dice (numpy and torch) and its empty-mask policy.
 - :mod:`aide_ray.eval.metrics`: per-case DSC, IoU, RAVD, ASSD, MSSD, HD95, ... in mm.
 - :mod:`aide_ray.eval.postprocess`: largest connected component, hole filling.
+- :mod:`aide_ray.eval.stats`: paired t-test, mean ± std and p-value formats.
 - :mod:`aide_ray.eval.evaluate`: per-case / summary tables, paired t-tests, report folder.
-- :mod:`aide_ray.eval.figures`: overlays, label-correction panels, Dice scatter, curves.
-- :mod:`aide_ray.eval.predict`: segmenting images with a checkpoint (in process or on Ray Data).
+- :mod:`aide_ray.eval.report`: the printed tables, overlays and ``index.md`` of an evaluation.
+- :mod:`aide_ray.eval.figures`: overlays and label-correction panels (and the shared canvas).
+- :mod:`aide_ray.eval.figures_training`: Dice scatter and training curves.
+- :mod:`aide_ray.eval.figures_run`: a run's figures folder (``aide-ray figures``).
 """
 
 from aide_ray.eval.metrics import METRIC_NAMES, binary_metrics, case_metrics, sampling_from_spacing_xyz, summarize

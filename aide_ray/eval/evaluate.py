@@ -1,10 +1,11 @@
-"""Scoring a folder of predictions against a manifest's references, and the report it writes.
+"""Scoring a folder of predictions against a manifest's references: ``aide-ray evaluate``.
 
 ``aide-ray evaluate`` is a thin wrapper over :func:`evaluate_predictions`. The
 pieces are separate so that other code (results tables, tests) can reuse them:
-:func:`score_predictions` (the per-case table), :func:`paired_ttests` (the
-paper's two-tailed paired t-tests), :func:`format_summary` (the printed table)
-and :func:`write_overlays` (best / median / worst pictures).
+:func:`score_predictions` (the per-case table) and :func:`paired_ttests` (the
+paper's two-tailed paired t-tests, :func:`aide_ray.eval.stats.paired_ttest` per
+metric). How the numbers are shown (printed tables, overlays, ``index.md``) is
+:mod:`aide_ray.eval.report`.
 
 Predictions are ``<pred_dir>/<case_id>.nii.gz`` (or ``.nii``, ``.png``, ``.nrrd``,
 ``.mha``, ``.mhd``); every manifest row of the chosen split with a reference in
@@ -24,11 +25,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
-from scipy import stats
+from tqdm.auto import tqdm
 
 from aide_ray._internal.io import atomic_dir, atomic_write_text
+from aide_ray.data.image_io import check_same_geometry, read_label_map
+from aide_ray.data.manifest import read_manifest
 from aide_ray.eval.metrics import METRIC_NAMES, case_metrics, sampling_from_spacing_xyz, summarize
 from aide_ray.eval.postprocess import postprocess
+from aide_ray.eval.report import index_markdown, write_overlays
+from aide_ray.eval.stats import paired_ttest
 from aide_ray.exceptions import InputError
 
 __all__ = [
@@ -36,12 +41,9 @@ __all__ = [
     "LABEL_COLUMNS",
     "EvaluationResult",
     "find_prediction",
-    "read_label_map",
     "score_predictions",
+    "metric_columns",
     "paired_ttests",
-    "format_summary",
-    "format_comparison",
-    "write_overlays",
     "evaluate_predictions",
 ]
 
@@ -76,29 +78,6 @@ def find_prediction(pred_dir: Path, case_id: str) -> Path | None:
     return None
 
 
-def read_label_map(path: str | os.PathLike) -> tuple[sitk.Image, np.ndarray]:
-    """Read a label map: the image and its (numpy-order) integer array.
-
-    8-bit binary masks stored as {0, 255} (viewable PNGs) become {0, 1}; other
-    values are taken as class indices.
-
-    Raises:
-        InputError: if the file cannot be read or holds non-integer values.
-    """
-    from aide_ray.data.preprocess import read_image
-
-    image = read_image(path)
-    arr = sitk.GetArrayFromImage(image)
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
-            raise InputError(f"label map {path} must hold integer class values, found non-integer values")
-    arr = arr.astype(np.int64)
-    if arr.min(initial=0) < 0:
-        raise InputError(f"label map {path} must hold class values >= 0, found {int(arr.min())}")
-    values = np.unique(arr)
-    if values.size and values.max() == 255 and np.isin(values, (0, 255)).all():
-        arr = (arr == 255).astype(np.int64)
-    return image, arr
 
 
 def _select_rows(manifest: pd.DataFrame, split: str | None, label_column: str, source: str) -> pd.DataFrame:
@@ -138,10 +117,6 @@ def score_predictions(pred_dir: str | os.PathLike, manifest: pd.DataFrame, *, sp
         InputError: no matching rows, a missing prediction (names the case and the folder),
             or a geometry mismatch (names both files).
     """
-    from tqdm.auto import tqdm
-
-    from aide_ray.data.preprocess import check_same_geometry
-
     # Absolute, so that per_case.csv stays valid from any working directory.
     pred_dir = Path(os.path.abspath(pred_dir))
     if not pred_dir.is_dir():
@@ -200,11 +175,14 @@ def _keys(a: pd.DataFrame, b: pd.DataFrame) -> list[str]:
     return both
 
 
+
+
 def paired_ttests(a: pd.DataFrame, b: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Two-tailed paired t-tests (``scipy.stats.ttest_rel``) of A vs B per metric.
 
     Cases are matched on case_id (and annotator when both tables have one); a pair is
-    used for a metric only if both values are finite, so ``n`` may differ by metric.
+    used for a metric only if both values are finite, so ``n`` may differ by metric
+    (:func:`aide_ray.eval.stats.paired_ttest`).
 
     Args:
         a, b: per-case tables (``per_case.csv``).
@@ -223,133 +201,11 @@ def paired_ttests(a: pd.DataFrame, b: pd.DataFrame, metrics: Sequence[str] | Non
         metrics = [m for m in metric_columns(a) if m in set(metric_columns(b))]
     rows = {}
     for m in metrics:
-        va = merged[f"{m}_a"].to_numpy(float)
-        vb = merged[f"{m}_b"].to_numpy(float)
-        ok = np.isfinite(va) & np.isfinite(vb)
-        va, vb = va[ok], vb[ok]
-        t = p = float("nan")
-        diff = va - vb
-        if va.size >= 2 and np.ptp(diff) > 0:
-            res = stats.ttest_rel(va, vb)
-            t, p = float(res.statistic), float(res.pvalue)
-        rows[m] = {"mean_a": float(va.mean()) if va.size else float("nan"),
-                   "mean_b": float(vb.mean()) if vb.size else float("nan"), "t": t, "p": p, "n": int(va.size)}
+        test = paired_ttest(merged[f"{m}_a"].to_numpy(float), merged[f"{m}_b"].to_numpy(float))
+        rows[m] = {"mean_a": test.mean_a, "mean_b": test.mean_b, "t": test.t, "p": test.p, "n": test.n}
     table = pd.DataFrame.from_dict(rows, orient="index", columns=["mean_a", "mean_b", "t", "p", "n"])
     table.index.name = "metric"
     return table
-
-
-def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as an aligned text table: metric, mean ± std, n, excluded."""
-    lines = [f"{'metric':<16}{'mean ± std':>24}{'n':>6}{'excluded':>10}"]
-    for metric, row in summary.iterrows():
-        lines.append(f"{metric:<16}{_pm(row['mean'], row['std']):>24}{int(row['n']):>6}{int(row['n_excluded']):>10}")
-    return "\n".join(lines)
-
-
-def format_comparison(comparison: pd.DataFrame, name_a: str = "A", name_b: str = "B") -> str:
-    """The paired t-tests as an aligned text table."""
-    lines = [f"{'metric':<16}{name_a[:14]:>14}{name_b[:14]:>14}{'t':>10}{'p':>12}{'n':>6}"]
-    for metric, row in comparison.iterrows():
-        lines.append(f"{metric:<16}{row['mean_a']:>14.4f}{row['mean_b']:>14.4f}{row['t']:>10.3f}"
-                     f"{row['p']:>12.3g}{int(row['n']):>6}")
-    return "\n".join(lines)
-
-
-def _pm(mean: float, std: float) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.4f} ± {std:.4f}" if np.isfinite(std) else f"{mean:.4f}"
-
-
-def _ranking_score(table: pd.DataFrame) -> pd.Series:
-    cols = [c for c in table.columns if c == "dice" or (c.startswith("dice_") and c[5:].isdigit())]
-    return table[cols].astype(float).mean(axis=1, skipna=True)
-
-
-def write_overlays(per_case: pd.DataFrame, manifest: pd.DataFrame, out_dir: Path,
-                   image_column: str | None = None) -> list[tuple[str, str]]:
-    """Overlay PNGs of the best, median and worst cases by Dice.
-
-    For a 3D case the slice (numpy axis 0) with the largest reference area is shown (the
-    largest predicted area if the reference is empty).
-
-    Args:
-        per_case: as returned by :func:`score_predictions` (needs prediction, reference).
-        manifest: the manifest (for the case's first image).
-        out_dir: folder to write ``overlay_<rank>_<case>.png`` into.
-        image_column: manifest column of the shown image; default the first modality.
-    Returns:
-        (caption, file name) pairs, in best, median, worst order (fewer if fewer cases).
-    """
-    from aide_ray.data.manifest import image_columns
-    from aide_ray.data.preprocess import read_image
-    from aide_ray.eval.figures import overlay_figure
-
-    score = _ranking_score(per_case).dropna().sort_values(ascending=False, kind="stable")
-    if score.empty:
-        return []
-    picks = {"best": score.index[0], "median": score.index[len(score) // 2], "worst": score.index[-1]}
-    image_column = image_column or image_columns(list(manifest.columns))[0]
-    written, seen = [], set()
-    for rank, idx in picks.items():
-        if idx in seen:
-            continue
-        seen.add(idx)
-        rec = per_case.loc[idx]
-        match = manifest[manifest["case_id"] == rec["case_id"]]
-        image = sitk.GetArrayFromImage(read_image(match.iloc[0][image_column])).astype(np.float32)
-        _, pred = read_label_map(rec["prediction"])
-        _, ref = read_label_map(rec["reference"])
-        who = f" ({rec['annotator']})" if "annotator" in per_case.columns and rec["annotator"] else ""
-        title = f"{rank}: {rec['case_id']}{who}, Dice {score[idx]:.3f}"
-        if image.ndim == 3:
-            area = (ref != 0).reshape(len(ref), -1).sum(1)
-            if not area.any():
-                area = (pred != 0).reshape(len(pred), -1).sum(1)
-            z = int(area.argmax()) if area.any() else len(ref) // 2
-            image, pred, ref = image[z], pred[z], ref[z]
-            title += f", slice {z}"
-        name = f"overlay_{rank}_{_safe(rec['case_id'])}{_safe('_' + rec['annotator']) if who else ''}.png"
-        overlay_figure(image, ref, pred, out_dir / name, title)
-        written.append((title, name))
-    return written
-
-
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in str(text))
-
-
-def _index_md(result: EvaluationResult, overlays: list[tuple[str, str]], pred_dir: Path, ref: str,
-              compare: str | None, label_column: str, split: str | None) -> str:
-    lines = [
-        "# Evaluation", "",
-        f"- predictions: `{pred_dir}`",
-        f"- references: `{ref}` (column `{label_column}`, split {split or 'all'})",
-        f"- cases scored: {len(result.per_case)}",
-        "- tables: [per_case.csv](per_case.csv), [summary.csv](summary.csv)"
-        + (", [comparison.csv](comparison.csv)" if result.comparison is not None else ""),
-        "",
-        "## Summary (mean ± std; distances in mm, in pixels for images without spacing such as PNG)", "",
-        "| metric | mean ± std | n | excluded |", "|---|---|---|---|",
-    ]
-    for metric, row in result.summary.iterrows():
-        lines.append(f"| {metric} | {_pm(row['mean'], row['std'])} | {int(row['n'])} | {int(row['n_excluded'])} |")
-    lines.append("")
-    lines.append("Excluded: cases where the metric is undefined (one mask empty); see docs/evaluation.md.")
-    lines.append("")
-    if result.comparison is not None:
-        lines += [f"## Paired two-tailed t-tests vs `{compare}`", "",
-                  "| metric | mean (this) | mean (other) | t | p | n |", "|---|---|---|---|---|---|"]
-        for metric, row in result.comparison.iterrows():
-            lines.append(f"| {metric} | {row['mean_a']:.4f} | {row['mean_b']:.4f} | {row['t']:.3f} | "
-                         f"{row['p']:.3g} | {int(row['n'])} |")
-        lines.append("")
-    if overlays:
-        lines += ["## Overlays (reference: green, solid; prediction: red, dashed)", ""]
-        for caption, name in overlays:
-            lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
-    return "\n".join(lines)
 
 
 def evaluate_predictions(pred_dir: str | os.PathLike, manifest_path: str | os.PathLike,
@@ -380,8 +236,6 @@ def evaluate_predictions(pred_dir: str | os.PathLike, manifest_path: str | os.Pa
         InputError: bad manifest, missing predictions, geometry mismatch, bad ``compare``.
         FileExistsError: ``out_dir`` exists and not ``overwrite``.
     """
-    from aide_ray.data.manifest import read_manifest
-
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; remove it, choose another --out or pass --overwrite")
@@ -406,7 +260,7 @@ def evaluate_predictions(pred_dir: str | os.PathLike, manifest_path: str | os.Pa
         if comparison is not None:
             comparison.to_csv(tmp / "comparison.csv", lineterminator="\n", float_format="%.10g")
         drawn = write_overlays(per_case, manifest, tmp) if overlays else []
-        atomic_write_text(tmp / "index.md", _index_md(result, drawn, Path(pred_dir), str(manifest_path),
-                                                      None if compare is None else str(compare), label_column,
-                                                      split))
+        atomic_write_text(tmp / "index.md", index_markdown(
+            per_case, summary, comparison, drawn, pred_dir=Path(pred_dir), ref=str(manifest_path),
+            compare=None if compare is None else str(compare), label_column=label_column, split=split))
     return result

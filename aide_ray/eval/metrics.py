@@ -1,9 +1,10 @@
 """Per-case segmentation metrics in physical units: overlap, volume and surface distances.
 
-One module computes every score that evaluation, training logs and the results
+One module computes every per-case score that evaluation and the results
 tables report, so that the empty-mask policy (the classic source of
 inconsistencies: AIDE's two Dice functions disagree on empty masks) is decided
-in exactly one place.
+in one place; the Dice itself is :mod:`aide_ray.eval.dice`'s, the one the
+training logs use too.
 
 Conventions
 -----------
@@ -49,6 +50,8 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from scipy import ndimage
+
+from aide_ray.eval.dice import dice_from_counts
 
 __all__ = [
     "METRIC_NAMES",
@@ -177,12 +180,12 @@ def binary_metrics(pred: np.ndarray, ref: np.ndarray, sampling: Sequence[float] 
         "precision": ratio(tp, n_pred),
         "ravd": ratio(fp - fn, n_ref),
     }
+    out["dice"] = dice_from_counts(tp, n_pred, n_ref, both_empty=1.0 if both_empty == "perfect" else _NAN)
     if n_pred == 0 and n_ref == 0:
         if both_empty == "nan":
             return {name: _NAN for name in METRIC_NAMES}
-        out.update(dice=1.0, iou=1.0, ravd=0.0, sensitivity=1.0, precision=1.0, assd=0.0, mssd=0.0, hd95=0.0)
+        out.update(iou=1.0, ravd=0.0, sensitivity=1.0, precision=1.0, assd=0.0, mssd=0.0, hd95=0.0)
         return {name: out[name] for name in METRIC_NAMES}
-    out["dice"] = 2.0 * tp / (n_pred + n_ref)
     out["iou"] = tp / (tp + fp + fn)
     if n_pred and n_ref:
         d_pr, d_rp = surface_distances(pred, ref, sampling)

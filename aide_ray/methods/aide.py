@@ -1,24 +1,59 @@
-"""AIDE's training step: twin nets, crossed small-loss selection, consistency with the twin's pseudo-labels.
+"""AIDE: its options, its training step and the label-correction plan it hands the engine.
 
-The per-batch part of AIDE lives here as plain PyTorch; the epoch-end global
-label correction is in :mod:`aide_ray.methods.correction` and is run by the
-engines. docs/algorithm.md gives the formulas and every difference from the
-paper and the reference code.
+The step (twin nets, crossed small-loss selection, consistency with the twin's
+sharpened pseudo-labels) is plain PyTorch here; the epoch-end global label
+correction is decided here (:meth:`Aide.correction_plan`) and carried out by
+the engine with the rules of :mod:`aide_ray.methods.correction`.
+docs/algorithm.md gives the formulas and every difference from the paper and
+the reference code.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from aide_ray.methods.base import Batch, Method, StepOutput
+from aide_ray.methods.base import Batch, CorrectionPlan, Method, StepOutput
+from aide_ray.methods.correction import should_update
 from aide_ray.nn.augment import augmented_pseudo_label, default_rows_per_pass
 from aide_ray.nn.losses import consistency_loss_per_sample, segmentation_loss_per_sample
+from aide_ray.options import Section
 
-__all__ = ["Aide", "aide_losses", "ramp_weight", "small_loss_selection", "aide_net_loss", "twin_of"]
+__all__ = ["AideOptions", "Aide", "aide_losses", "ramp_weight", "small_loss_selection", "aide_net_loss", "twin_of"]
+
+
+@dataclass(frozen=True)
+class AideOptions(Section):
+    """AIDE hyperparameters; defaults follow the reference code (see docs/algorithm.md)."""
+
+    _prefix: ClassVar[str] = "aide"
+    update_ratio: float = 0.25  # R: share of eligible samples relabelled per update
+    temperature: float = 0.5  # T: sharpening of the averaged pseudo-label, T < 1 sharpens
+    warmup_epochs: int = 20  # labels are updated every epoch while epoch + 1 <= warmup_epochs
+    update_every: int = 10  # ... and afterwards when (epoch + 1) % update_every == 0
+    consistency_weight: float = 10.0  # lambda
+    ramp_epochs: int = 20  # q_t: r = min((epoch / q_t)^2, 1)
+    num_augmentations: int = 4  # K
+    small_loss_fraction: float = 0.5  # share of each batch the twin deems clean
+    rotation_degrees: float = 60.0  # augmentation rotations in [-theta, theta]
+    pseudo_label_eval_mode: bool = True  # pseudo-label forward passes in eval mode (batch-norm running stats)
+    correct_hq: bool = False  # whether HQ-labelled samples may be relabelled
+    largest_component: bool = False  # keep the largest connected component of predictions used as labels
+
+    def __post_init__(self) -> None:
+        self._in_range("update_ratio", 0.0, 1.0, lo_open=True)
+        self._in_range("temperature", 0.0, None, lo_open=True)
+        self._in_range("warmup_epochs", 0, None)
+        self._in_range("update_every", 1, None)
+        self._in_range("consistency_weight", 0.0, None)
+        self._in_range("ramp_epochs", 1, None)
+        self._in_range("num_augmentations", 1, 64)
+        self._in_range("small_loss_fraction", 0.0, 1.0, lo_open=True)
+        self._in_range("rotation_degrees", 0.0, 180.0)
 
 
 def ramp_weight(epoch: int, ramp_epochs: int) -> float:
@@ -164,16 +199,17 @@ class Aide(Method):
     predictions.
     """
 
+    Options: ClassVar[type] = AideOptions
+
     name = "aide"
     net_names = ("net1", "net2")
     trained_nets = ("net1", "net2")
     eval_nets = ("net1", "net2")
     label_slots = 2
-    corrects_labels = True
     uses_unlabelled = True
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
-        cfg = self.cfg.aide
+        cfg = self.options
         names: tuple[str, str] = self.net_names  # type: ignore[assignment]
         ramp = ramp_weight(epoch, cfg.ramp_epochs)
         logits = {name: nets[name](batch.image) for name in names}
@@ -200,3 +236,16 @@ class Aide(Method):
         metrics["ramp"] = ramp
         metrics["selected_fraction"] = float(selected[names[0]].float().mean())
         return StepOutput(loss=losses[names[0]] + losses[names[1]], metrics=metrics)
+
+    @classmethod
+    def grace_epochs(cls, options: AideOptions) -> int:
+        """The warm-up, then one epoch trained on the labels the warm-up left."""
+        return options.warmup_epochs + 1
+
+    def correction_plan(self, epoch: int) -> CorrectionPlan | None:
+        """Crossed relabelling of the worst-fitting share R after the warm-up/every-N epochs."""
+        opts = self.options
+        if not should_update(epoch, opts.warmup_epochs, opts.update_every):
+            return None
+        return CorrectionPlan(ratio=opts.update_ratio, targets=(1, 0), correct_hq=opts.correct_hq,
+                              largest_component=opts.largest_component)

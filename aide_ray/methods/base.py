@@ -1,29 +1,33 @@
-"""The method plug-in contract shared by the plain loop and the Ray engine.
+"""The method plug-in contract: what a method decides, and nothing the engine carries out.
 
-A method (AIDE, supervised, co-teaching, ...) says which networks it needs,
-how one training step turns a batch into a loss, and what happens after each
-optimiser step. The engines own everything else: data, devices, DDP,
-optimisers, schedules, checkpoints, label correction bookkeeping. Methods are
-plain PyTorch and never import Ray.
+A method (AIDE, supervised, co-teaching, ...) owns its options (a frozen
+dataclass, the config section named after it), says which networks it needs,
+how one training step turns a batch into a loss, what happens after each
+optimiser step, which training phase an epoch belongs to (its learning rate),
+and, for a method that corrects labels, a :class:`CorrectionPlan` per epoch.
+The engine owns everything else: data, devices, DDP, optimisers, schedules,
+checkpoints, the label store, and carrying out the plan. Methods are plain
+PyTorch and never import Ray or the engine.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from aide_ray.config import Config
+from aide_ray.methods.correction import CorrectionPlan
+from aide_ray.nn.model import ModelConfig, build_model
+from aide_ray.options import NoOptions
 
-__all__ = ["Batch", "StepOutput", "Method", "unwrap"]
+__all__ = ["Batch", "StepOutput", "Phase", "Method", "CorrectionPlan"]
 
 
 @dataclass
 class Batch:
-    """One training batch, as both engines hand it to a method.
+    """One training batch, as the engine hands it to a method.
 
     Attributes:
         image: (B, M, H, W) float32, M modalities, normalised intensities.
@@ -64,46 +68,84 @@ class StepOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def unwrap(net: nn.Module) -> nn.Module:
-    """The module inside a DistributedDataParallel wrapper (or ``net`` itself)."""
-    return getattr(net, "module", net)
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs with its own optimiser: the engine starts fresh optimisers and
+    learning-rate schedules (counted from ``start_epoch``) when a new phase begins.
+
+    Attributes:
+        index: 0 for the first phase, 1 for the next, ...
+        start_epoch: the phase's first (0-based) epoch.
+        lr: the phase's learning rate; None: ``optim.lr``.
+    """
+
+    index: int = 0
+    start_epoch: int = 0
+    lr: float | None = None
 
 
 class Method:
     """Base class of every method.
 
     Class attributes a subclass sets:
-        name: the registry name.
+        name: the registry name (and the name of its config section).
+        Options: its options dataclass (a frozen :class:`aide_ray.options.Section`
+            with ``_prefix`` = name); :class:`NoOptions` for none.
         net_names: the networks :meth:`build_nets` returns, in label-slot order.
         trained_nets: the networks that get an optimiser (mean teacher: the student only).
         eval_nets: the networks whose softmax is averaged at inference.
         label_slots: how many per-net current labels the label store tracks.
-        corrects_labels: whether the engine runs the epoch-end label correction
-            (AIDE's global label correction) for this method.
         uses_unlabelled: whether batches should mix in rows without labels.
     """
 
     name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
     net_names: ClassVar[tuple[str, ...]] = ("net",)
     trained_nets: ClassVar[tuple[str, ...]] = ("net",)
     eval_nets: ClassVar[tuple[str, ...]] = ("net",)
     label_slots: ClassVar[int] = 1
-    corrects_labels: ClassVar[bool] = False
     uses_unlabelled: ClassVar[bool] = False
 
-    def __init__(self, cfg: "Config", in_channels: int) -> None:
-        self.cfg = cfg
+    def __init__(self, options: Any, model: ModelConfig, in_channels: int) -> None:
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{type(self).__name__} needs options of type {self.Options.__name__}, "
+                            f"got {type(options).__name__}")
+        self.options = options
+        self.model = model
         self.in_channels = in_channels
+
+    @classmethod
+    def from_config(cls, cfg: Any, in_channels: int) -> "Method":
+        """This method with its options and model section from a :class:`aide_ray.config.Config`."""
+        return cls(cfg.options_of(cls.name), cfg.model, in_channels)
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
 
     def build_nets(self) -> dict[str, nn.Module]:
         """Fresh networks, one per ``net_names``; each maps (B, M, H, W) to logits (B, C, H, W)."""
-        from aide_ray.nn.unet import build_unet
-
-        return {name: build_unet(self.cfg.model, self.in_channels) for name in self.net_names}
+        return {name: build_model(self.model, self.in_channels) for name in self.net_names}
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
-        """Loss of one batch at (0-based) ``epoch``; nets are in train mode on entry."""
+        """Loss of one batch at (0-based) ``epoch``; trained nets are in train mode on entry."""
         raise NotImplementedError
 
     def after_optimizer_step(self, nets: dict[str, nn.Module], epoch: int) -> None:
         """Called after every optimiser step (mean teacher's EMA update lives here)."""
+
+    @classmethod
+    def grace_epochs(cls, options: Any) -> int:
+        """Epochs a run needs before its validation score says something about the method.
+
+        Tune's early stopping never judges a trial before this (ASHA's grace period).
+        """
+        return 1
+
+    def phase(self, epoch: int) -> Phase:
+        """The training phase of ``epoch``; one phase for the whole run unless a method says otherwise."""
+        return Phase()
+
+    def correction_plan(self, epoch: int) -> CorrectionPlan | None:
+        """The label correction the engine carries out after ``epoch``, or None (no correction)."""
+        return None

@@ -20,6 +20,7 @@ Two granularities:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch.nn.functional as F
@@ -28,8 +29,21 @@ from torch import Tensor, nn
 from aide_ray.methods.aide import small_loss_selection
 from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.nn.losses import segmentation_loss_per_sample
+from aide_ray.options import Section
 
-__all__ = ["CoTeaching", "forget_rate", "coteaching_losses"]
+__all__ = ["CoTeachingOptions", "CoTeaching", "forget_rate", "coteaching_losses"]
+
+
+@dataclass(frozen=True)
+class CoTeachingOptions(Section):
+    _prefix: ClassVar[str] = "coteaching"
+    forget_rate: float = 0.2  # final share of each batch dropped as large-loss
+    ramp_epochs: int = 10  # forget rate grows linearly to its final value over these epochs
+    pixel_level: bool = False  # select small-loss pixels instead of samples (PyMIC's NLLCoTeaching)
+
+    def __post_init__(self) -> None:
+        self._in_range("forget_rate", 0.0, 1.0, hi_open=True)
+        self._in_range("ramp_epochs", 0, None)
 
 
 def forget_rate(epoch: int, final_rate: float, ramp_epochs: int) -> float:
@@ -83,6 +97,8 @@ class CoTeaching(Method):
     networks with extremely noisy labels", NeurIPS 2018.
     """
 
+    Options: ClassVar[type] = CoTeachingOptions
+
     name: ClassVar[str] = "coteaching"
     net_names: ClassVar[tuple[str, ...]] = ("net1", "net2")
     trained_nets: ClassVar[tuple[str, ...]] = ("net1", "net2")
@@ -90,7 +106,7 @@ class CoTeaching(Method):
     label_slots: ClassVar[int] = 1
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
-        cfg = self.cfg.coteaching
+        cfg = self.options
         rate = forget_rate(epoch, cfg.forget_rate, cfg.ramp_epochs)
         logits1 = nets["net1"](batch.image)
         logits2 = nets["net2"](batch.image)

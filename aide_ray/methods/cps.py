@@ -8,6 +8,7 @@ labelled rows and with cross-entropy against its twin's hard pseudo-label
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch.nn.functional as F
@@ -16,8 +17,20 @@ from torch import Tensor, nn
 from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.methods.meanteacher import sigmoid_rampup
 from aide_ray.nn.losses import segmentation_loss_per_sample
+from aide_ray.options import Section
 
-__all__ = ["Cps", "cross_pseudo_loss_per_sample"]
+__all__ = ["CpsOptions", "Cps", "cross_pseudo_loss_per_sample"]
+
+
+@dataclass(frozen=True)
+class CpsOptions(Section):
+    _prefix: ClassVar[str] = "cps"
+    consistency_weight: float = 1.0
+    ramp_epochs: int = 20
+
+    def __post_init__(self) -> None:
+        self._in_range("consistency_weight", 0.0, None)
+        self._in_range("ramp_epochs", 0, None)
 
 
 def cross_pseudo_loss_per_sample(logits: Tensor, peer_logits: Tensor) -> Tensor:
@@ -57,6 +70,8 @@ class Cps(Method):
     segmentation with cross pseudo supervision", CVPR 2021.
     """
 
+    Options: ClassVar[type] = CpsOptions
+
     name: ClassVar[str] = "cps"
     net_names: ClassVar[tuple[str, ...]] = ("net1", "net2")
     trained_nets: ClassVar[tuple[str, ...]] = ("net1", "net2")
@@ -65,7 +80,7 @@ class Cps(Method):
     uses_unlabelled: ClassVar[bool] = True
 
     def pseudo_weight(self, epoch: int) -> float:
-        return self.cfg.cps.consistency_weight * sigmoid_rampup(epoch, self.cfg.cps.ramp_epochs)
+        return self.options.consistency_weight * sigmoid_rampup(epoch, self.options.ramp_epochs)
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
         logits = {name: nets[name](batch.image) for name in self.net_names}

@@ -6,14 +6,25 @@ isolates what a bounded loss buys under label noise.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
 
 from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.nn.robust_losses import generalized_cross_entropy_per_sample
+from aide_ray.options import Section
 
-__all__ = ["Gce"]
+__all__ = ["GceOptions", "Gce"]
+
+
+@dataclass(frozen=True)
+class GceOptions(Section):
+    _prefix: ClassVar[str] = "gce"
+    q: float = 0.5  # (1 - p^q) / q; q -> 0 is cross-entropy, q = 1 is MAE
+
+    def __post_init__(self) -> None:
+        self._in_range("q", 0.0, 1.0, lo_open=True)
 
 
 class Gce(Method):
@@ -25,6 +36,8 @@ class Gce(Method):
     every pixel of the batch rather than per sample first: equal for equal-size images).
     """
 
+    Options: ClassVar[type] = GceOptions
+
     name: ClassVar[str] = "gce"
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
@@ -32,5 +45,5 @@ class Gce(Method):
         rows = batch.labelled
         if not bool(rows.any()):
             return StepOutput(logits.sum() * 0.0, {"loss_net": 0.0})
-        loss = generalized_cross_entropy_per_sample(logits[rows], batch.labels[rows, 0], self.cfg.gce.q).mean()
+        loss = generalized_cross_entropy_per_sample(logits[rows], batch.labels[rows, 0], self.options.q).mean()
         return StepOutput(loss, {"loss_net": float(loss.detach())})

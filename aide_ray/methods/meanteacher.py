@@ -12,15 +12,34 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from aide_ray.methods.base import Batch, Method, StepOutput, unwrap
+from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.nn.losses import segmentation_loss_per_sample
+from aide_ray.nn.model import build_model
+from aide_ray.nn.modules import unwrap
+from aide_ray.options import Section
 
-__all__ = ["MeanTeacher", "sigmoid_rampup", "ema_update"]
+__all__ = ["MeanTeacherOptions", "MeanTeacher", "sigmoid_rampup", "ema_update"]
+
+
+@dataclass(frozen=True)
+class MeanTeacherOptions(Section):
+    _prefix: ClassVar[str] = "meanteacher"
+    ema_decay: float = 0.99  # teacher = decay * teacher + (1 - decay) * student
+    consistency_weight: float = 0.1
+    ramp_epochs: int = 20  # sigmoid ramp-up of the consistency weight
+    noise_std: float = 0.1  # Gaussian input noise on unlabelled images
+
+    def __post_init__(self) -> None:
+        self._in_range("ema_decay", 0.0, 1.0, hi_open=True)
+        self._in_range("consistency_weight", 0.0, None)
+        self._in_range("ramp_epochs", 0, None)
+        self._in_range("noise_std", 0.0, None)
 
 
 def sigmoid_rampup(epoch: int, ramp_epochs: int) -> float:
@@ -76,6 +95,8 @@ class MeanTeacher(Method):
     models", NeurIPS 2017.
     """
 
+    Options: ClassVar[type] = MeanTeacherOptions
+
     name: ClassVar[str] = "meanteacher"
     net_names: ClassVar[tuple[str, ...]] = ("student", "teacher")
     trained_nets: ClassVar[tuple[str, ...]] = ("student",)
@@ -84,21 +105,19 @@ class MeanTeacher(Method):
     uses_unlabelled: ClassVar[bool] = True
 
     def build_nets(self) -> dict[str, nn.Module]:
-        from aide_ray.nn.unet import build_unet
-
-        student = build_unet(self.cfg.model, self.in_channels)
+        student = build_model(self.model, self.in_channels)
         teacher = copy.deepcopy(student)
         teacher.requires_grad_(False)
         return {"student": student, "teacher": teacher}
 
     def _noisy(self, image: Tensor) -> Tensor:
-        std = self.cfg.meanteacher.noise_std
+        std = self.options.noise_std
         if std == 0.0:
             return image
         return image + (torch.randn_like(image) * std).clamp(-2.0 * std, 2.0 * std)
 
     def consistency_weight(self, epoch: int) -> float:
-        cfg = self.cfg.meanteacher
+        cfg = self.options
         return cfg.consistency_weight * sigmoid_rampup(epoch, cfg.ramp_epochs)
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
@@ -123,4 +142,4 @@ class MeanTeacher(Method):
         return StepOutput(sup + weight * cons, metrics)
 
     def after_optimizer_step(self, nets: dict[str, nn.Module], epoch: int) -> None:
-        ema_update(nets["teacher"], nets["student"], self.cfg.meanteacher.ema_decay)
+        ema_update(nets["teacher"], nets["student"], self.options.ema_decay)

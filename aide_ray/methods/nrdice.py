@@ -6,14 +6,25 @@ The only change from ``supervised`` is the loss (see
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
 
 from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.nn.robust_losses import noise_robust_dice_per_sample
+from aide_ray.options import Section
 
-__all__ = ["NrDice"]
+__all__ = ["NrDiceOptions", "NrDice"]
+
+
+@dataclass(frozen=True)
+class NrDiceOptions(Section):
+    _prefix: ClassVar[str] = "nrdice"
+    gamma: float = 1.5  # exponent of |p - y|; 2 gives the usual soft Dice's numerator form
+
+    def __post_init__(self) -> None:
+        self._in_range("gamma", 1.0, 2.0)
 
 
 class NrDice(Method):
@@ -24,6 +35,8 @@ class NrDice(Method):
     PyMIC: ``NoiseRobustDiceLoss`` in ``pymic/loss/seg/dice.py``.
     """
 
+    Options: ClassVar[type] = NrDiceOptions
+
     name: ClassVar[str] = "nrdice"
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
@@ -31,5 +44,5 @@ class NrDice(Method):
         rows = batch.labelled
         if not bool(rows.any()):
             return StepOutput(logits.sum() * 0.0, {"loss_net": 0.0})
-        loss = noise_robust_dice_per_sample(logits[rows], batch.labels[rows, 0], self.cfg.nrdice.gamma).mean()
+        loss = noise_robust_dice_per_sample(logits[rows], batch.labels[rows, 0], self.options.gamma).mean()
         return StepOutput(loss, {"loss_net": float(loss.detach())})

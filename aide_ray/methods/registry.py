@@ -1,8 +1,10 @@
-"""Method name -> implementing class, imported lazily.
+"""Method name -> implementing class, imported on first use.
 
-Adding a method is one new module in this package and one line here. The map
-holds import paths rather than classes so that validating a config does not
-import torch.
+Adding a method is one new module in this package (its options dataclass,
+its step and, for a method that corrects labels, its correction plan) and
+one line here. The map holds import paths rather than classes so that the
+registry itself imports nothing; a method's module is imported when its
+class or options are first asked for.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from aide_ray.config import Config
     from aide_ray.methods.base import Method
 
-__all__ = ["METHOD_NAMES", "method_class"]
+__all__ = ["METHOD_NAMES", "method_class", "options_class", "create_method"]
 
 _METHODS: dict[str, str] = {
     "aide": "aide_ray.methods.aide:Aide",
@@ -38,3 +41,13 @@ def method_class(name: str) -> type["Method"]:
         raise ValueError(f"method must be one of {sorted(_METHODS)}, got {name!r}")
     module, cls = _METHODS[name].split(":")
     return getattr(importlib.import_module(module), cls)
+
+
+def options_class(name: str) -> type:
+    """The options dataclass of method ``name`` (its config section ``<name>.*``)."""
+    return method_class(name).Options
+
+
+def create_method(cfg: "Config", in_channels: int) -> "Method":
+    """The method ``cfg.method`` with its options from ``cfg``, for ``in_channels`` modalities."""
+    return method_class(cfg.method).from_config(cfg, in_channels)

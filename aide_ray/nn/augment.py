@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from aide_ray.methods.base import unwrap
+from aide_ray.nn.modules import unwrap
 from aide_ray.nn.losses import sharpen
 
 __all__ = ["Views", "random_views", "warp_to_views", "warp_from_views", "augmented_pseudo_label",

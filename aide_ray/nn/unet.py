@@ -16,16 +16,13 @@ fuses the per-modality encoder features by concatenation at every level.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from aide_ray.config import ModelConfig
-
-__all__ = ["UNet2D", "MultiModalUNet2D", "ConvBNReLU", "ConvBlock", "build_unet", "DEPTH_FACTOR"]
+__all__ = ["UNet2D", "MultiModalUNet2D", "ConvBNReLU", "ConvBlock", "DEPTH_FACTOR"]
 
 # Four 2x2 poolings: input height and width must be multiples of 2**4.
 DEPTH_FACTOR = 16
@@ -210,11 +207,3 @@ class MultiModalUNet2D(nn.Module):
         fused = [torch.cat(level, dim=1) for level in zip(*streams)]
         return self.decoder(fused)
 
-
-def build_unet(model_cfg: "ModelConfig", in_channels: int) -> nn.Module:
-    """The network for ``in_channels`` modalities: :class:`UNet2D` for one, else :class:`MultiModalUNet2D`."""
-    if in_channels < 1:
-        raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-    if in_channels == 1:
-        return UNet2D(1, model_cfg.num_classes, model_cfg.base_width)
-    return MultiModalUNet2D(in_channels, model_cfg.num_classes, model_cfg.base_width)

@@ -13,7 +13,8 @@ import SimpleITK as sitk
 from aide_ray.cli.main import main
 from aide_ray.data.ingest import ROW_GROUP_SIZE, ingest, sample_id
 from aide_ray.data.manifest import read_manifest
-from aide_ray.data.preprocess import Preprocessing, preprocess_case, read_image, read_label
+from aide_ray.data.image_io import read_image, read_label
+from aide_ray.data.preprocess import Preprocessing, preprocess_case
 from aide_ray.data.shards import SCHEMA, load_dataset_info, read_slices_local
 from aide_ray.exceptions import InputError
 

@@ -11,7 +11,7 @@ from scipy import ndimage
 from aide_ray.cli.main import main
 from aide_ray.data.manifest import read_manifest
 from aide_ray.data.noise import choose_cases, corrupt_manifest, corrupt_mask, corrupt_volume, scaled_range
-from aide_ray.data.preprocess import read_label
+from aide_ray.data.image_io import read_label
 
 
 def _disc(size=96, radius=25):

@@ -9,7 +9,8 @@ import pytest
 
 from aide_ray.data.ingest import ingest
 from aide_ray.data.manifest import read_manifest
-from aide_ray.data.preprocess import Preprocessing, read_image
+from aide_ray.data.image_io import read_image
+from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest, split_cases
 from aide_ray.data.shards import load_dataset_info, read_slices_local
 

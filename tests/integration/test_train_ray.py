@@ -12,9 +12,11 @@ import pytest
 
 from aide_ray.config import load_config
 from aide_ray.data.shards import load_dataset_info, read_slices_local
-from aide_ray.engine.checkpoint import LABEL_STORE_FILE, load_checkpoint, resolve_checkpoint
-from aide_ray.engine.label_store import LabelStore
-from aide_ray.engine.train import run_training
+from aide_ray.distributed.trainer import run_training
+from aide_ray.engine.local import train_local
+from aide_ray.labels import LabelStore
+from aide_ray.runs.checkpoint import load_checkpoint, resolve_checkpoint, seal_checkpoint
+from aide_ray.runs.folder import LABEL_STORE_FILE
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -27,8 +29,28 @@ def _config(shards, storage, name, *extra):
     return load_config(None, [
         f"data.shards={shards}", f"run.storage_path={storage}", f"run.name={name}",
         "workers=2", "cpus_per_worker=1", "batch_size=4", "model.base_width=4", "optim.lr=0.01",
-        "aide.warmup_epochs=0", "aide.update_every=1", "aide.update_ratio=0.5", *extra,
+        "aide.warmup_epochs=0", "aide.update_every=1", "aide.update_ratio=0.5", "aide.num_augmentations=2", *extra,
     ])
+
+
+def test_both_backends_run_the_same_epoch(ray_cluster, tiny_shards, tmp_path):
+    """One worker, rows in sample order, no flips: the local and the Ray backend compute the same run."""
+    same = ["epochs=2", "workers=1", "data.shuffle=false", "data.flip_augment=false"]
+    local = train_local(_config(tiny_shards, tmp_path, "local", *same))
+    remote = run_training(_config(tiny_shards, tmp_path, "ray", *same))
+    assert list(local.history.columns) == list(remote.history.columns)
+    timing = ["seconds", "train_seconds", "data_wait_seconds", "slices_per_s"]
+    pd.testing.assert_frame_equal(local.history.drop(columns=timing), remote.history.drop(columns=timing),
+                                  check_exact=False, rtol=1e-4)
+    # The same samples were relabelled with the same labels in both runs.
+    stores = [LabelStore.from_snapshot_file(run.run_dir / LABEL_STORE_FILE) for run in (local, remote)]
+    rows = read_slices_local(tiny_shards, split="train")
+    for slot in (0, 1):
+        a, b = (s.current(slot, rows["sample_index"], rows["label"]) for s in stores)
+        np.testing.assert_array_equal(a, b)
+    assert stores[0].stats()["changed_cumulative"] == stores[1].stats()["changed_cumulative"]
+    assert sum(stores[0].stats()["changed_cumulative"]) > 0
+    assert load_checkpoint(local.run_dir).epoch == load_checkpoint(remote.run_dir).epoch
 
 
 def test_aide_corrects_labels_and_resumes_with_the_checkpoint_labels(ray_cluster, tiny_shards, tmp_path):
@@ -55,6 +77,7 @@ def test_aide_corrects_labels_and_resumes_with_the_checkpoint_labels(ray_cluster
     inverted = 1 - rows["label"][noisy]
     store.commit(99, 0, rows["sample_index"][noisy], inverted, rows["label"][noisy])
     store_file.write_bytes(store.snapshot_bytes())
+    seal_checkpoint(outcome.latest_checkpoint)  # the edited checkpoint verifies again
 
     resumed = run_training(cfg.replace(epochs=3, **{"aide.update_every": 100, "aide.warmup_epochs": 0}),
                            resume=outcome.run_dir)

@@ -130,10 +130,9 @@ def _batch(b: int = 4) -> Batch:
 
 def test_train_step_contract_and_forward_passes():
     cfg = load_config(None, ["aide.ramp_epochs=4", "aide.num_augmentations=3"])
-    method = method_class("aide")(cfg, in_channels=1)
+    method = method_class("aide").from_config(cfg, 1)
     assert isinstance(method, Aide)
-    assert (method.name, method.net_names, method.label_slots, method.corrects_labels) == \
-        ("aide", ("net1", "net2"), 2, True)
+    assert (method.name, method.net_names, method.label_slots) == ("aide", ("net1", "net2"), 2)
     nets = {"net1": CountingNet(), "net2": CountingNet()}
     out = method.train_step(nets, _batch(4), epoch=2)
     assert set(out.metrics) >= {"loss_net1", "loss_net2", "ramp", "selected_fraction"}
@@ -151,7 +150,7 @@ def test_train_step_contract_and_forward_passes():
 
 
 def test_train_step_skips_pseudo_labels_when_consistency_has_no_weight():
-    method = Aide(load_config(None, []), in_channels=1)
+    method = Aide.from_config(load_config(None, []), 1)
     nets = {"net1": CountingNet(), "net2": CountingNet()}
     method.train_step(nets, _batch(4), epoch=0)  # r = 0 and every row labelled
     assert nets["net1"].calls == [(4, True, True)]

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aide_ray.config import load_config
+from aide_ray.engine.local import train_local
 from aide_ray.methods.base import Batch
 from aide_ray.methods.coteaching import CoTeaching, coteaching_losses, forget_rate
 from aide_ray.methods.cps import Cps, cross_pseudo_loss_per_sample
@@ -148,7 +149,7 @@ def test_coteaching_trains_each_net_on_twin_small_loss_samples():
     right1 = torch.tensor([False, False, False, True, True, True]).view(n, 1, 1).expand(n, SIZE, SIZE)
     nets = {"net1": FixedLogits(_logits_from_correct(right1, target, conf)),
             "net2": FixedLogits(_logits_from_correct(~right1, target, conf))}
-    method = CoTeaching(_cfg("coteaching", "coteaching.forget_rate=0.5", "coteaching.ramp_epochs=0"), 1)
+    method = CoTeaching.from_config(_cfg("coteaching", "coteaching.forget_rate=0.5", "coteaching.ramp_epochs=0"), 1)
     out = method.train_step(nets, batch, epoch=0)
     l1 = segmentation_loss_per_sample(nets["net1"](batch.image), target).detach()
     l2 = segmentation_loss_per_sample(nets["net2"](batch.image), target).detach()
@@ -180,7 +181,7 @@ def test_coteaching_pixel_level_selects_twin_small_loss_pixels_across_the_batch(
     keep_n = n * SIZE * SIZE // 2
     nets = {"net1": FixedLogits(_logits_from_correct(~right2, target, conf)),
             "net2": FixedLogits(_logits_from_correct(right2, target, conf))}
-    method = CoTeaching(_cfg("coteaching", "coteaching.forget_rate=0.5", "coteaching.ramp_epochs=0",
+    method = CoTeaching.from_config(_cfg("coteaching", "coteaching.forget_rate=0.5", "coteaching.ramp_epochs=0",
                              "coteaching.pixel_level=true"), 1)
     out = method.train_step(nets, batch, epoch=3)
     ce1 = F.cross_entropy(nets["net1"].logits, target, reduction="none")
@@ -211,7 +212,7 @@ def test_coteaching_unlabelled_rows_are_never_selected():
 
 def test_coteaching_real_unets_keep_the_ramped_share():
     torch.manual_seed(6)
-    method = CoTeaching(_cfg("coteaching", "coteaching.forget_rate=0.5", "coteaching.ramp_epochs=4"), 1)
+    method = CoTeaching.from_config(_cfg("coteaching", "coteaching.forget_rate=0.5", "coteaching.ramp_epochs=4"), 1)
     nets = method.build_nets()
     out = method.train_step(nets, _batch(4), epoch=2)  # forget 0.25 -> keep 3 of 4
     assert out.metrics["selected_net1"] == 0.75 and out.metrics["selected_net2"] == 0.75
@@ -226,7 +227,7 @@ def test_coteaching_real_unets_keep_the_ramped_share():
 ])
 def test_single_net_methods_use_labelled_rows_only(name, expected_fn):
     torch.manual_seed(7)
-    method = method_class(name)(_cfg(name), 1)
+    method = method_class(name).from_config(_cfg(name), 1)
     nets = method.build_nets()
     batch = _batch(4, labelled=[True, False, True, False])
     out = method.train_step(nets, batch, epoch=0)
@@ -250,7 +251,7 @@ def test_sigmoid_rampup():
 
 def test_meanteacher_teacher_is_a_frozen_copy():
     torch.manual_seed(8)
-    method = MeanTeacher(_cfg("meanteacher"), 1)
+    method = MeanTeacher.from_config(_cfg("meanteacher"), 1)
     nets = method.build_nets()
     for (n_s, s), (n_t, t) in zip(nets["student"].state_dict().items(), nets["teacher"].state_dict().items()):
         assert n_s == n_t and torch.equal(s, t)
@@ -262,9 +263,9 @@ def test_meanteacher_step_is_exact_ema_and_teacher_gets_no_gradient():
     from aide_ray.engine.step import make_optimizers, train_one_step
 
     torch.manual_seed(9)
-    method = MeanTeacher(_cfg("meanteacher", "meanteacher.ema_decay=0.9", "optim.lr=0.01"), 1)
+    method = MeanTeacher.from_config(_cfg("meanteacher", "meanteacher.ema_decay=0.9", "optim.lr=0.01"), 1)
     nets = method.build_nets()
-    optimizers, _ = make_optimizers(method.cfg, nets, method.trained_nets)
+    optimizers, _ = make_optimizers(_cfg("meanteacher", "meanteacher.ema_decay=0.9", "optim.lr=0.01").optim, nets, method.trained_nets)
     assert set(optimizers) == {"student"}
     teacher0 = {k: v.clone() for k, v in nets["teacher"].state_dict().items()}
     batch = _batch(4, labelled=[True, True, False, False])
@@ -299,7 +300,7 @@ def test_meanteacher_consistency_only_on_unlabelled_rows():
     torch.manual_seed(10)
     cfg = _cfg("meanteacher", "meanteacher.noise_std=0.0", "meanteacher.consistency_weight=2.0",
                "meanteacher.ramp_epochs=4")
-    method = MeanTeacher(cfg, 1)
+    method = MeanTeacher.from_config(cfg, 1)
     nets = method.build_nets()
     with torch.no_grad():
         for p in nets["teacher"].parameters():
@@ -338,7 +339,7 @@ def test_cross_pseudo_loss_uses_twin_argmax_without_gradient():
 
 def test_cps_step_pseudo_supervision_on_all_rows():
     torch.manual_seed(12)
-    method = Cps(_cfg("cps", "cps.consistency_weight=1.5", "cps.ramp_epochs=0"), 1)
+    method = Cps.from_config(_cfg("cps", "cps.consistency_weight=1.5", "cps.ramp_epochs=0"), 1)
     nets = method.build_nets()
     assert not torch.equal(next(nets["net1"].parameters()), next(nets["net2"].parameters()))
     batch = _batch(4, labelled=[True, True, False, False])
@@ -360,25 +361,12 @@ def test_cps_step_pseudo_supervision_on_all_rows():
 
 
 def test_cps_pseudo_weight_is_ramped():
-    method = Cps(_cfg("cps", "cps.consistency_weight=2.0", "cps.ramp_epochs=10"), 1)
+    method = Cps.from_config(_cfg("cps", "cps.consistency_weight=2.0", "cps.ramp_epochs=10"), 1)
     assert method.pseudo_weight(0) == pytest.approx(2 * math.exp(-5))
     assert method.pseudo_weight(10) == 2.0
 
 
-# --------------------------------------------------------------------------- end to end (plain loop)
-
-def _synthetic(n: int = 16, seed: int = 0):
-    """Noisy images with one bright rectangle each; the label is the rectangle."""
-    rng = np.random.default_rng(seed)
-    images = rng.normal(0.0, 0.3, (n, 1, SIZE, SIZE)).astype(np.float32)
-    labels = np.zeros((n, SIZE, SIZE), np.uint8)
-    for i in range(n):
-        r, c = rng.integers(4, 16, 2)
-        h, w = rng.integers(8, 14, 2)
-        labels[i, r:r + h, c:c + w] = 1
-    images[:, 0] += labels
-    return images, labels
-
+# --------------------------------------------------------------------------- end to end (local backend)
 
 @pytest.mark.parametrize("method, overrides", [
     ("coteaching", ["coteaching.ramp_epochs=0"]),
@@ -388,17 +376,12 @@ def _synthetic(n: int = 16, seed: int = 0):
     ("meanteacher", ["meanteacher.ramp_epochs=0"]),
     ("cps", ["cps.ramp_epochs=0"]),
 ])
-def test_trains_end_to_end_through_the_plain_loop(method, overrides):
-    from aide_ray.engine.loop import train_in_memory
-
-    torch.set_num_threads(1)
-    images, labels = _synthetic()
-    labelled = np.ones(len(images), bool)
-    if method_class(method).uses_unlabelled:
-        labelled[::2] = False  # half the rows unlabelled
-    cfg = _cfg(method, "optim.lr=0.01", *overrides)
-    result = train_in_memory(cfg, images, labels, labelled, np.zeros(len(images), bool), epochs=2, seed=0)
-    losses = [record["loss"] for record in result.history]
-    assert all(math.isfinite(v) for record in result.history for v in record.values())
-    assert losses[1] < 0.95 * losses[0], losses
-    assert set(result.nets) == set(result.method.net_names)
+def test_trains_end_to_end_on_the_local_backend(method, overrides, tiny_shards, tiny_semi_shards, tmp_path):
+    semi = method_class(method).uses_unlabelled
+    shards = tiny_semi_shards if semi else tiny_shards
+    cfg = _cfg(method, "optim.lr=0.01", "epochs=3", f"data.shards={shards}", f"run.storage_path={tmp_path}",
+               "run.name=run", *overrides)
+    history = train_local(cfg).history
+    losses = history["loss"].tolist()
+    assert np.isfinite(history.select_dtypes("number").to_numpy(float)).all()
+    assert losses[-1] < 0.95 * losses[0], losses

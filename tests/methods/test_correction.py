@@ -1,4 +1,4 @@
-"""Label-correction decisions: update epochs, Dice, selection of exactly R of the eligible, crossed slots."""
+"""Label-correction decisions: update epochs, the plan's checks, eligibility, counts, predictions used as labels."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from aide_ray.methods.correction import (correction_count, dice_per_sample, eligible_mask, hard_prediction,
-                                         select_for_correction, should_update, target_slot)
+from aide_ray.config import load_config
+from aide_ray.methods.aide import Aide
+from aide_ray.methods.correction import (CorrectionPlan, correction_count, eligible_mask, has_foreground,
+                                         largest_component_per_class, should_update)
+from aide_ray.nn.modules import hard_prediction
 
 
 def test_should_update_on_documented_epochs():
@@ -22,66 +25,58 @@ def test_should_update_rejects_bad_period():
         should_update(0, 1, 0)
 
 
-def test_dice_per_sample_cases():
-    pred = np.zeros((4, 2, 2), dtype=np.uint8)
-    label = np.zeros((4, 2, 2), dtype=np.uint8)
-    pred[0] = label[0] = [[1, 1], [0, 0]]          # perfect
-    pred[1], label[1] = [[1, 0], [0, 0]], [[0, 1], [0, 0]]  # disjoint
-    pred[2], label[2] = [[1, 1], [1, 0]], [[1, 0], [0, 0]]  # 2 * 1 / (3 + 1) = 0.5
-    # row 3: both empty -> 1.0
-    np.testing.assert_allclose(dice_per_sample(pred, label), [1.0, 0.0, 0.5, 1.0])
-
-
-def test_dice_per_sample_tensor_and_multiclass():
-    pred = torch.tensor([[[1, 2], [0, 0]]])
-    label = torch.tensor([[[1, 1], [0, 0]]])
-    out = dice_per_sample(pred, label, num_classes=3)
-    assert isinstance(out, torch.Tensor)
-    # class 1: 2 * 1 / (1 + 2) = 2/3; class 2: 0 / (1 + 0) = 0 -> mean 1/3.
-    assert out.item() == pytest.approx(1 / 3)
-    assert dice_per_sample(pred, label).item() == pytest.approx(1.0)  # binary foreground
-
-
-def test_dice_per_sample_checks_shapes():
-    with pytest.raises(ValueError, match=r"shape \(B, H, W\), got \(1, 2, 2\) and \(1, 2, 3\)"):
-        dice_per_sample(np.zeros((1, 2, 2)), np.zeros((1, 2, 3)))
-
-
-def test_select_exactly_ratio_of_eligible_lowest_first():
-    scores = np.array([0.9, 0.1, 0.5, 0.2, 0.2, 0.05, 0.3, 0.8, 0.7, 0.6])
-    eligible = np.ones(10, dtype=bool)
-    eligible[5] = False  # the lowest score, but not eligible (e.g. HQ)
-    sel = select_for_correction(scores, 0.25, eligible)
-    # 9 eligible -> round(2.25) = 2: index 1 (0.1), then the first of the tied 0.2s (index 3).
-    assert np.flatnonzero(sel).tolist() == [1, 3]
-    assert not sel[5]
-
-
 @pytest.mark.parametrize("n, ratio, k", [(10, 0.25, 3), (2, 0.25, 1), (1, 0.25, 0), (8, 0.5, 4), (7, 1.0, 7)])
-def test_select_count_rounds_half_up(n, ratio, k):
-    assert select_for_correction(np.arange(n, dtype=float), ratio, np.ones(n, dtype=bool)).sum() == k
+def test_correction_count_rounds_half_up(n, ratio, k):
+    assert correction_count(ratio, n) == k
 
 
-def test_correction_count_and_ratio_check():
+def test_correction_count_checks_its_arguments():
     assert [correction_count(0.25, n) for n in (2, 6, 10)] == [1, 2, 3]  # 0.5, 1.5, 2.5 round up
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\], got 1.5"):
-        select_for_correction(np.zeros(3), 1.5, np.ones(3, dtype=bool))
+        correction_count(1.5, 3)
+    with pytest.raises(ValueError, match="n_eligible must be >= 0, got -1"):
+        correction_count(0.5, -1)
 
 
-def test_hq_is_never_selected_unless_allowed():
+def test_hq_is_never_eligible_unless_allowed():
     labelled = np.array([True, True, True, True, False])
     hq = np.array([True, True, False, False, False])
-    scores = np.array([0.0, 0.0, 0.9, 0.8, 0.0])
-    sel = select_for_correction(scores, 1.0, eligible_mask(labelled, hq, correct_hq=False))
-    assert sel.tolist() == [False, False, True, True, False]
+    assert eligible_mask(labelled, hq, correct_hq=False).tolist() == [False, False, True, True, False]
     assert eligible_mask(labelled, hq, correct_hq=True).tolist() == [True, True, True, True, False]
 
 
-def test_target_slot_is_crossed():
-    assert target_slot(0) == 1 and target_slot(1) == 0
-    assert target_slot(0, num_slots=1) == 0
-    with pytest.raises(ValueError, match=r"scoring_slot must be in \[0, 2\), got 2"):
-        target_slot(2)
+def test_plan_counts_eligible_rows_from_the_split_counts():
+    plan = CorrectionPlan(ratio=0.25, targets=(1, 0))
+    assert plan.eligible_count({"lq": 10, "hq": 4, "none": 7}) == 10
+    assert CorrectionPlan(0.25, (1, 0), correct_hq=True).eligible_count({"lq": 10, "hq": 4}) == 14
+    assert plan.count(plan.eligible_count({"lq": 10})) == 3
+    assert plan.eligible(np.array([True, True]), np.array([False, True])).tolist() == [True, False]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ratio": 0.0, "targets": (1, 0)}, r"ratio must be in \(0, 1\], got 0.0"),
+    ({"ratio": 0.5, "targets": ()}, r"targets must name label slots in \[0, 0\), got \(\)"),
+    ({"ratio": 0.5, "targets": (2, 0)}, r"targets must name label slots in \[0, 2\), got \(2, 0\)"),
+])
+def test_plan_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CorrectionPlan(**kwargs)
+
+
+def test_aide_plans_crossed_corrections_on_the_update_epochs_only():
+    cfg = load_config(None, ["aide.warmup_epochs=2", "aide.update_every=5", "aide.update_ratio=0.3",
+                             "aide.correct_hq=true", "aide.largest_component=true"])
+    aide = Aide.from_config(cfg, 1)
+    plans = {epoch: aide.correction_plan(epoch) for epoch in range(10)}
+    assert [e for e, p in plans.items() if p is not None] == [0, 1, 4, 9]
+    assert plans[0] == CorrectionPlan(ratio=0.3, targets=(1, 0), correct_hq=True, largest_component=True)
+
+
+def test_empty_predictions_are_not_written():
+    pred = np.zeros((3, 2, 2), np.uint8)
+    pred[1, 0, 0] = 1
+    assert has_foreground(pred).tolist() == [False, True, False]
+    assert has_foreground(torch.from_numpy(pred)).tolist() == [False, True, False]
 
 
 class _Fixed(nn.Module):
@@ -95,7 +90,7 @@ class _Fixed(nn.Module):
         return self.logits
 
 
-def test_hard_prediction_eval_mode_and_largest_component():
+def test_hard_prediction_in_eval_mode_and_largest_component():
     fg = torch.zeros(1, 8, 8)
     fg[0, 1:4, 1:4] = 1  # 9 pixels
     fg[0, 6, 6] = 1  # a stray pixel
@@ -104,5 +99,5 @@ def test_hard_prediction_eval_mode_and_largest_component():
     pred = hard_prediction(net, torch.zeros(1, 1, 8, 8))
     assert pred.dtype == torch.uint8 and pred.sum() == 10
     assert net.seen_training == [False] and net.training
-    pred = hard_prediction(net, torch.zeros(1, 1, 8, 8), largest_component=True)
-    assert pred.sum() == 9 and pred[0, 6, 6] == 0
+    kept = largest_component_per_class(pred.numpy())
+    assert kept.sum() == 9 and kept[0, 6, 6] == 0

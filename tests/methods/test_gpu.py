@@ -14,9 +14,17 @@ import pytest
 import torch
 
 from aide_ray.config import demo_config
-from aide_ray.engine.step import correction_candidates, ensemble_probs, make_optimizers, train_one_step
+from aide_ray.data.demo import make_demo_data
+from aide_ray.data.ingest import ingest
+from aide_ray.data.preprocess import Preprocessing
+from aide_ray.engine.local import train_local
+from aide_ray.engine.scoring import score_pass
+from aide_ray.engine.step import make_optimizers, train_one_step
+from aide_ray.labels import LabelCache
 from aide_ray.methods.base import Batch
+from aide_ray.methods.correction import CorrectionPlan
 from aide_ray.methods.registry import METHOD_NAMES, method_class
+from aide_ray.nn.modules import ensemble_probs
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -39,9 +47,9 @@ def _run(name: str, device: str, steps: int = 3):
     cfg = demo_config([f"method={name}", "model.base_width=4", "batch_size=4", "aide.num_augmentations=2"]
                       if name == "aide" else [f"method={name}", "model.base_width=4", "batch_size=4"])
     torch.manual_seed(0)
-    method = method_class(name)(cfg, in_channels=1)
+    method = method_class(name).from_config(cfg, 1)
     nets = {k: v.to(device) for k, v in method.build_nets().items()}
-    optimizers, _ = make_optimizers(cfg, nets, method.trained_nets)
+    optimizers, _ = make_optimizers(cfg.optim, nets, method.trained_nets)
     losses = []
     for step in range(steps):
         # Augmentations draw from torch's global generator: the same draws on both devices.
@@ -68,27 +76,30 @@ def test_method_steps_on_cuda_match_cpu(name):
     assert (probs.argmax(1).cpu() == cpu_probs.argmax(1)).float().mean() > 0.95
 
 
-def test_aide_correction_candidates_on_cuda():
+def test_aide_scoring_pass_on_cuda():
     method, nets, _ = _run("aide", "cuda", steps=2)
-    batch = _batch(method.label_slots).to("cuda")
-    out = correction_candidates(method, nets, batch, largest_component=True)
-    assert len(out) == method.label_slots
-    for dice, pred in out:
-        assert dice.shape == (4,) and pred.shape == (4, 32, 32)
-        assert isinstance(pred, np.ndarray) and pred.dtype == np.uint8
-        assert np.all((dice >= 0) & (dice <= 1))
+    batch = _batch(method.label_slots)
+    raw = {"image": batch.image.numpy(), "label": batch.labels[:, 0].numpy().astype(np.uint8),
+           "has_label": batch.labelled.numpy(), "hq": batch.hq.numpy(), "sample_index": np.arange(4),
+           "clean_label": batch.labels[:, 0].numpy().astype(np.uint8), "has_clean_label": np.ones(4, bool),
+           "sample_id": np.array(["a", "b", "c", "d"], dtype=object), "flip_h": np.zeros(4, bool),
+           "flip_v": np.zeros(4, bool)}
+    plan = CorrectionPlan(ratio=0.5, targets=(1, 0), largest_component=True)
+    result = score_pass(method, nets, [raw], LabelCache(4, 2, (32, 32)), torch.device("cuda"), plan=plan,
+                        k_local=2, keep_panels=False)
+    assert result.count == 3 and np.all((result.dice_sum >= 0) & (result.dice_sum <= 3))
+    for cand in result.candidates:
+        assert len(cand.index) == 2 and cand.pred.shape == (2, 32, 32) and cand.pred.dtype == np.uint8
 
 
-def test_plain_loop_trains_and_corrects_on_cuda():
-    from aide_ray.engine.loop import train_in_memory
-
-    cfg = demo_config(["method=aide", "use_gpu=true", "model.base_width=4", "batch_size=4",
-                       "aide.num_augmentations=2", "aide.warmup_epochs=2"])
-    batch = _batch(1, n=4)
-    images = np.concatenate([batch.image.numpy()] * 2)
-    labels = np.concatenate([batch.labels[:, 0].numpy().astype(np.uint8)] * 2)
-    result = train_in_memory(cfg, images, labels, np.ones(8, bool), np.zeros(8, bool), val=(images[:2], labels[:2]),
-                             epochs=2, seed=0)
-    assert all(np.isfinite(r["loss"]) and 0 <= r["val_dice"] <= 1 for r in result.history)
-    assert all(p.device.type == "cpu" for net in result.nets.values() for p in net.parameters())
-    assert result.labels.shape == (8, 2, 32, 32)
+def test_local_backend_trains_and_corrects_on_cuda(tmp_path):
+    manifest = make_demo_data(tmp_path / "raw", cases=6, slices=4, size=32, seed=3)
+    shards = ingest(manifest, tmp_path / "shards", Preprocessing(target_spacing=None, size=32, normalize="zscore"),
+                    progress=False)
+    cfg = demo_config(["method=aide", "use_gpu=true", "model.base_width=4", "batch_size=4", "epochs=2",
+                       "aide.num_augmentations=2", "aide.warmup_epochs=2", f"data.shards={shards}",
+                       f"run.storage_path={tmp_path}", "run.name=gpu"])
+    outcome = train_local(cfg)
+    history = outcome.history
+    assert list(history["epoch"]) == [0, 1]
+    assert np.isfinite(history["loss"]).all() and history["val_dice"].between(0, 1).all()

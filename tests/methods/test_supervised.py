@@ -23,7 +23,7 @@ def _batch(labelled):
 
 def test_loss_equals_mean_segmentation_loss_of_labelled_rows():
     cfg = load_config(None, ["method=supervised", "model.base_width=4"])
-    method = method_class("supervised")(cfg, in_channels=1)
+    method = method_class("supervised").from_config(cfg, 1)
     assert (method.name, method.net_names, method.label_slots) == ("supervised", ("net",), 1)
     torch.manual_seed(0)
     nets = method.build_nets()
@@ -38,7 +38,7 @@ def test_loss_equals_mean_segmentation_loss_of_labelled_rows():
 
 def test_batch_without_labels_gives_a_differentiable_zero():
     cfg = load_config(None, ["method=supervised", "model.base_width=4"])
-    method = method_class("supervised")(cfg, in_channels=1)
+    method = method_class("supervised").from_config(cfg, 1)
     nets = method.build_nets()
     out = method.train_step(nets, _batch([False, False]), epoch=0)
     assert out.loss.item() == 0.0

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from aide_ray.config import load_config
-from aide_ray.nn.unet import MultiModalUNet2D, UNet2D, build_unet
+from aide_ray.nn.model import build_model
+from aide_ray.nn.unet import MultiModalUNet2D, UNet2D
 
 
 @pytest.mark.parametrize("in_channels, num_classes, shape", [
@@ -55,10 +56,10 @@ def test_unet_rejects_wrong_channel_count():
         MultiModalUNet2D(2, 2, base_width=4)(torch.randn(1, 3, 32, 32))
 
 
-def test_build_unet_picks_multimodal_for_several_channels():
+def test_build_model_picks_multimodal_for_several_channels():
     cfg = load_config(None, ["model.base_width=4", "model.num_classes=3"])
-    assert type(build_unet(cfg.model, 1)) is UNet2D
-    net = build_unet(cfg.model, 2)
+    assert type(build_model(cfg.model, 1)) is UNet2D
+    net = build_model(cfg.model, 2)
     assert isinstance(net, MultiModalUNet2D)
     assert net(torch.randn(2, 2, 32, 32)).shape == (2, 3, 32, 32)
 

@@ -1,0 +1,125 @@
+"""Ray Data pipelines that feed the training workers.
+
+Three datasets per run, all read from the Parquet shards and decoded in
+``map_batches``:
+- ``train``: the rows a method trains on, block order randomised on every
+  execution (so every epoch sees a new order) and flip-augmented; semi-supervised
+  methods get unlabelled rows mixed in at the configured share;
+- ``score``: the same rows unaugmented, for the epoch-end scoring pass that
+  drives label correction and the training Dice;
+- ``val``: the validation split, for the validation Dice.
+
+When the decoded rows fit in a quarter of the object store they are decoded
+once per run and cached there in blocks of 32 rows: an epoch then only reorders
+blocks and flips, instead of re-listing files, re-reading Parquet and
+re-decoding (which cost every epoch 10 s of start-up on our machines, see
+docs/performance.md). Larger datasets stream from Parquet every epoch.
+
+The ``map_batches`` functions live in this import-safe module (no work at
+import) because Ray ships them to worker processes by reference.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import ray
+
+from aide_ray.data.augment import flip_augment, no_flip
+from aide_ray.data.decode import decode_batch
+from aide_ray.data.shards import read_slices
+from aide_ray.engine.run_setup import has_validation
+
+__all__ = ["build_datasets", "cache_fits", "decoded_bytes", "shuffle_buffer_rows", "TRAIN_COLUMNS"]
+
+# Decoded rows are cached in the object store when they take at most this share
+# of it (the rest stays for Ray Data's own blocks, checkpoints and the label store).
+CACHE_SHARE_OF_OBJECT_STORE = 0.25
+CACHE_BLOCK_ROWS = 32
+ROW_OVERHEAD_BYTES = 256  # ids, flags and Arrow/numpy bookkeeping per row, a generous bound
+
+# Columns the training path needs; the rest of the schema stays on disk.
+TRAIN_COLUMNS = ["sample_index", "sample_id", "case_id", "image", "label", "clean_label", "label_kind",
+                 "num_modalities", "height", "width", "slice_index"]
+
+
+def shuffle_buffer_rows(batch_size: int) -> int:
+    """Rows a worker's local shuffle buffer holds: block-order randomisation alone keeps each
+    block's rows together, so every epoch would repeat the same batches."""
+    return max(8 * batch_size, 64)
+
+
+def _decoded(ds, max_retries: int, batch_size: int = 64):
+    return ds.map_batches(decode_batch, batch_format="numpy", batch_size=batch_size, max_retries=max_retries)
+
+
+def decoded_bytes(shape: tuple[int, int, int] | list[int], rows: int) -> int:
+    """Object-store bytes of ``rows`` decoded slices of ``shape`` (M, H, W): float32 image, two uint8 masks, ids."""
+    m, h, w = (int(v) for v in shape)
+    return rows * (4 * m * h * w + 2 * h * w + ROW_OVERHEAD_BYTES)
+
+
+def cache_fits(nbytes: int) -> bool:
+    """Whether ``nbytes`` of decoded rows fit in the share of the cluster's object store we allow for them."""
+    store = float(ray.cluster_resources().get("object_store_memory", 0.0))
+    return nbytes <= CACHE_SHARE_OF_OBJECT_STORE * store
+
+
+def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelled_only: bool,
+                   unlabelled_fraction: float, flip: bool, max_retries: int,
+                   info: dict[str, Any], cache: bool | None = None, shuffle: bool = True) -> dict[str, Any]:
+    """The ``train``, ``score`` and (if the split has rows) ``val`` datasets.
+
+    Args:
+        shards_dir: folder written by ``aide-ray ingest``.
+        labelled_only: drop rows without a label (every non-semi-supervised method).
+        unlabelled_fraction: semi-supervised methods: expected share of unlabelled
+            rows in a batch; the unlabelled rows are resampled to reach it.
+        info: the shards' ``dataset.json`` (row counts per split and kind, slice shape).
+        cache: decode once and keep the decoded rows in the object store (every
+            epoch then only reorders and flips them); None: when they take at most
+            ``CACHE_SHARE_OF_OBJECT_STORE`` of the cluster's object store.
+        shuffle: a new block order every epoch; False keeps the rows in sample order
+            (with one worker and no local shuffle buffer, the local backend's order).
+    """
+    counts = info["counts"]["split_label_kind"]
+    split_counts = counts.get(train_split, {})
+    n_labelled = int(split_counts.get("hq", 0)) + int(split_counts.get("lq", 0))
+    n_unlabelled = int(split_counts.get("none", 0))
+    use_unlabelled = not labelled_only and n_unlabelled > 0 and unlabelled_fraction > 0
+    validate = has_validation(val_split, counts)
+    n_val = sum(int(counts[val_split].get(kind, 0)) for kind in ("hq", "lq")) if validate else 0
+    if cache is None:
+        cache = cache_fits(decoded_bytes(info["shape"], n_labelled + n_val + (n_unlabelled if use_unlabelled else 0)))
+
+    def decoded(split: str, kind_filter: str | None, rows: int):
+        ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS)
+        if kind_filter:
+            ds = ds.filter(expr=kind_filter)
+        ds = _decoded(ds, max_retries)
+        if cache:
+            # Small blocks, so that reordering blocks every epoch mixes rows of many cases.
+            ds = ds.repartition(max(1, math.ceil(rows / CACHE_BLOCK_ROWS))).materialize()
+        return ds
+
+    labelled = decoded(train_split, "label_kind != 'none'" if n_unlabelled else None, n_labelled)
+    train = labelled
+    if use_unlabelled:
+        unlabelled = decoded(train_split, "label_kind == 'none'", n_unlabelled)
+        # Rows needed so that unlabelled / (labelled + unlabelled) == fraction.
+        wanted = unlabelled_fraction / (1.0 - unlabelled_fraction) * max(n_labelled, 1)
+        copies = max(1, math.ceil(wanted / n_unlabelled))
+        pool = unlabelled.union(*([unlabelled] * (copies - 1))) if copies > 1 else unlabelled
+        fraction = min(1.0, wanted / (n_unlabelled * copies))
+        if fraction < 1.0:
+            pool = pool.random_sample(fraction)
+        train = labelled.union(pool)
+    if shuffle:
+        train = train.randomize_block_order()
+    train = train.map_batches(flip_augment if flip else no_flip, batch_format="numpy", max_retries=max_retries)
+    datasets = {"train": train, "score": labelled.map_batches(no_flip, batch_format="numpy", max_retries=max_retries)}
+    if validate:
+        val = decoded(val_split, "label_kind != 'none'", n_val)
+        datasets["val"] = val.map_batches(no_flip, batch_format="numpy", max_retries=max_retries)
+    return datasets

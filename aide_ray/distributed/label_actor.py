@@ -1,0 +1,59 @@
+"""The label store as a Ray actor: one per job, restartable from its own snapshot.
+
+:class:`~aide_ray.labels.store.LabelStore` is plain Python; in a distributed run
+the driver starts it once as a Ray actor so that every worker reports
+candidates to, commits to and reads deltas from the same store. This file is
+its own module because it is the only part of the label store that needs Ray:
+the rest (:mod:`aide_ray.labels`) stays importable and testable without it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from aide_ray.labels.store import LabelStore
+
+__all__ = ["create_label_store_actor"]
+
+
+def create_label_store_actor(
+    num_samples: int,
+    label_slots: int,
+    shape: tuple[int, int],
+    snapshot_path: str | os.PathLike | None,
+    name: str | None = None,
+    *,
+    lifetime: str | None = None,
+) -> Any:
+    """Start a :class:`LabelStore` as a Ray actor and return its handle.
+
+    With a ``snapshot_path`` the actor restarts without limit (``max_restarts=-1``)
+    and its calls are retried (``max_task_retries=-1``): a restart re-runs
+    ``__init__`` with these arguments, which reloads the latest snapshot and the
+    pending reports, and every method is idempotent, so a retried call neither
+    loses nor duplicates a label. Without one a restart would come back empty, so
+    the actor is then not restarted and a crash surfaces as ActorDiedError.
+
+    Args:
+        num_samples, label_slots, shape, snapshot_path: as for :class:`LabelStore`.
+        name: optional actor name (``ray.get_actor(name)`` finds it); an existing
+            actor of that name is returned instead of starting a second one.
+        lifetime: Ray actor lifetime (None or "detached").
+
+    Returns:
+        A Ray actor handle exposing the :class:`LabelStore` methods.
+    """
+    restartable = snapshot_path is not None
+    options: dict[str, Any] = {
+        "max_restarts": -1 if restartable else 0,
+        "max_task_retries": -1 if restartable else 0,
+        "num_cpus": 0,
+        "lifetime": lifetime,
+    }
+    if name is not None:
+        options.update(name=name, get_if_exists=True)
+    snapshot = None if snapshot_path is None else str(snapshot_path)
+    return ray.remote(LabelStore).options(**options).remote(num_samples, label_slots, shape, snapshot)

@@ -1,0 +1,110 @@
+"""The Ray driver: from a settled run to a ``TorchTrainer`` fit and a finished run folder.
+
+It joins or starts Ray (:func:`~aide_ray.distributed.runtime.init_ray`),
+creates the label-store actor, builds the Ray Data datasets and the
+``TorchTrainer`` with Ray's own ScalingConfig / RunConfig / CheckpointConfig /
+FailureConfig, fits it, and ends the run like the local driver does
+(:func:`~aide_ray.engine.report.finish_run`). Tune reuses :func:`build_trainer`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from aide_ray._internal import fs
+from aide_ray.config import Config
+from aide_ray.data.shards import load_dataset_info
+from aide_ray.distributed.backend import FAIL_AT_KEY, train_loop_per_worker
+from aide_ray.distributed.data_pipeline import build_datasets
+from aide_ray.distributed.label_actor import create_label_store_actor
+from aide_ray.distributed.runtime import init_ray
+from aide_ray.engine.report import TrainingOutcome, finish_run, summary_table
+from aide_ray.engine.run_setup import best_metric_name, has_validation, prepare_run
+from aide_ray.methods.registry import method_class
+from aide_ray.runs.folder import LABEL_STORE_LATEST
+
+__all__ = ["build_trainer", "run_training"]
+
+
+def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequence[Any] = (),
+                  fail_at: dict[str, Any] | None = None, storage_path: str | None = None):
+    """A ``TorchTrainer`` for ``cfg`` (its label-store actor is created here too).
+
+    Returns:
+        (trainer, label_store_actor)
+    """
+    info = load_dataset_info(shards)
+    method = method_class(cfg.method)
+    has_val = has_validation(cfg.data.val_split, info["counts"]["split_label_kind"])
+    datasets = build_datasets(str(shards), train_split=cfg.data.train_split, val_split=cfg.data.val_split,
+                              labelled_only=not method.uses_unlabelled,
+                              unlabelled_fraction=cfg.data.unlabelled_fraction, flip=cfg.data.flip_augment,
+                              max_retries=cfg.data.max_retries, info=info, shuffle=cfg.data.shuffle)
+    storage = storage_path or fs.resolve(cfg.run.storage_path)
+    # The actor's own restart snapshot must be a local file; on object storage the
+    # per-checkpoint snapshots still hold every epoch's labels.
+    snapshot = None if fs.is_uri(storage) else str(Path(storage) / name / LABEL_STORE_LATEST)
+    if snapshot:
+        Path(snapshot).parent.mkdir(parents=True, exist_ok=True)
+    store = create_label_store_actor(int(info["num_samples"]), method.label_slots,
+                                     tuple(info["shape"][1:]), snapshot_path=snapshot)
+    loop_config = {
+        "config": cfg.to_dict(),
+        "dataset_info": info,
+        "label_store": store,
+        "has_val": has_val,
+        "torch_threads": max(1, int(cfg.cpus_per_worker)),
+    }
+    if fail_at:
+        loop_config[FAIL_AT_KEY] = fail_at
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.run.checkpoints_to_keep,
+                checkpoint_score_attribute=best_metric_name(cfg, has_val),
+                checkpoint_score_order="max",
+            ),
+            callbacks=list(callbacks) or None,
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+        ),
+        datasets=datasets,
+    )
+    return trainer, store
+
+
+def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict[str, Any] | None = None,
+                 callbacks: Sequence[Any] = ()) -> TrainingOutcome:
+    """Train ``cfg`` on Ray to the end and return the run folder and its history.
+
+    Args:
+        resume: a run folder to continue (same storage path and name): Ray Train
+            restores its latest checkpoint, labels included.
+        fail_at: test hook, kill one worker once (see ``FAIL_AT_KEY``).
+    """
+    setup = prepare_run(cfg, resume=resume)
+    cfg = setup.cfg
+    init_ray(worker_cpus=cfg.workers * cfg.cpus_per_worker)
+    if not fs.is_uri(setup.run_dir):
+        Path(setup.run_dir).mkdir(parents=True, exist_ok=True)
+    trainer, _store = build_trainer(cfg, setup.shards, cfg.run.name, fail_at=fail_at, callbacks=callbacks)
+    print(f"Training {cfg.method} on {setup.shards} with {cfg.workers} Ray worker(s); run folder {setup.run_dir}",
+          flush=True)
+    trainer.fit()
+    outcome = finish_run(setup.run_dir, cfg, setup.metric)
+    print("\n" + summary_table(outcome.history), flush=True)
+    print(f"\nRun folder: {outcome.run_dir}\n  best checkpoint: {outcome.best_checkpoint}", flush=True)
+    return outcome
