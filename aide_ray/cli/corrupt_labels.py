@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from aide_ray.data.manifest import read_manifest
-    from aide_ray.data.noise import corrupt_manifest, noisy_label_dice
+    from aide_ray.data.noise import corrupt_manifest
+    from aide_ray.eval.label_quality import noisy_label_dice
     from aide_ray.exceptions import InputError
 
     try:

@@ -36,7 +36,6 @@ from scipy import ndimage
 from aide_ray._internal.io import atomic_dir
 from aide_ray.data.image_io import label_array, read_image, write_label
 from aide_ray.data.manifest import read_manifest, write_manifest
-from aide_ray.eval.dice import mask_dice
 from aide_ray.exceptions import InputError
 
 __all__ = [
@@ -50,7 +49,6 @@ __all__ = [
     "choose_cases",
     "case_rng",
     "corrupt_manifest",
-    "noisy_label_dice",
 ]
 
 PROTOCOLS: tuple[str, ...] = ("pymic-jsrt", "limited")
@@ -248,17 +246,3 @@ def corrupt_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
         write_manifest(out, tmp / "manifest.csv", relative_to=tmp)
     return Path(out_dir) / "manifest.csv"
 
-
-def noisy_label_dice(manifest: pd.DataFrame) -> pd.Series:
-    """Dice between ``label`` and ``clean_label`` of each labelled row that has both (diagnostics).
-
-    Two empty masks give NaN: a case without foreground says nothing about how
-    noisy the labels are, so it is left out of the mean that ``aide-ray corrupt-labels`` prints.
-    """
-    scores = {}
-    for row, rec in manifest.iterrows():
-        if rec["label"] and rec["clean_label"]:
-            a = label_array(read_image(rec["label"]), rec["label"])
-            b = label_array(read_image(rec["clean_label"]), rec["clean_label"])
-            scores[row] = mask_dice(a, b, both_empty=float("nan"))
-    return pd.Series(scores, name="dice", dtype=float)

@@ -25,10 +25,11 @@ import pandas as pd
 
 from aide_ray.data.ingest import ingest
 from aide_ray.data.manifest import read_manifest, write_manifest
-from aide_ray.data.noise import corrupt_manifest, noisy_label_dice
+from aide_ray.data.noise import corrupt_manifest
 from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest
 from aide_ray.eval.evaluate import find_prediction
+from aide_ray.eval.label_quality import noisy_label_dice
 from aide_ray.exceptions import ConfigError
 from aide_ray.experiments.catalogue import Inputs, Setting
 from aide_ray.experiments.layout import data_dir, log_file, train_dir

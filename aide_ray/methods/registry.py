@@ -10,10 +10,9 @@ class or options are first asked for.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from aide_ray.config import Config
     from aide_ray.methods.base import Method
 
 __all__ = ["METHOD_NAMES", "method_class", "options_class", "create_method"]
@@ -48,6 +47,7 @@ def options_class(name: str) -> type:
     return method_class(name).Options
 
 
-def create_method(cfg: "Config", in_channels: int) -> "Method":
-    """The method ``cfg.method`` with its options from ``cfg``, for ``in_channels`` modalities."""
+def create_method(cfg: Any, in_channels: int) -> "Method":
+    """The method ``cfg.method`` with its options from ``cfg`` (an :class:`aide_ray.config.Config`, which
+    imports this registry, hence not named in the signature), for ``in_channels`` modalities."""
     return method_class(cfg.method).from_config(cfg, in_channels)
