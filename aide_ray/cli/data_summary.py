@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from aide_ray.data.shards import load_dataset_info, summarize
+from aide_ray.data.shards import load_dataset_info
 from aide_ray.distributed.runtime import init_ray
+from aide_ray.distributed.shard_reader import summarize
 from aide_ray.exceptions import InputError
 
 __all__ = ["add_arguments", "run"]

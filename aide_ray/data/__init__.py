@@ -36,9 +36,7 @@ _EXPORTS: dict[str, str] = {
     "shenzhen_manifest": "recipes",
     "SCHEMA": "shards",
     "load_dataset_info": "shards",
-    "read_slices": "shards",
     "read_slices_local": "shards",
-    "summarize": "shards",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -52,7 +50,7 @@ if TYPE_CHECKING:
     from aide_ray.data.noise import PROTOCOLS, corrupt_manifest, corrupt_mask, corrupt_volume
     from aide_ray.data.preprocess import PreparedCase, Preprocessing, preprocess_case, restore_geometry
     from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest
-    from aide_ray.data.shards import SCHEMA, load_dataset_info, read_slices, read_slices_local, summarize
+    from aide_ray.data.shards import SCHEMA, load_dataset_info, read_slices_local
 
 
 def __getattr__(name: str) -> Any:

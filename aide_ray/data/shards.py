@@ -1,23 +1,22 @@
-"""The Parquet slice shards: schema, dataset.json, and readers (Ray Data and local).
+"""The Parquet slice shards: schema, dataset.json, and the local (pyarrow) reader.
 
 ``aide-ray ingest`` writes one row per 2D slice into ``part-NNNNN.parquet``
 files plus ``dataset.json``; this module is the one place that knows that
-layout. Training streams rows with :func:`read_slices` (Ray Data) and decodes
-them with :func:`aide_ray.data.decode.decode_batch`; evaluation, figures and
-tests use :func:`read_slices_local` (pyarrow only), which yields the same
-decoded samples without a cluster.
+layout. Training streams rows with
+:func:`aide_ray.distributed.shard_reader.read_slices` (Ray Data, kept out of
+the data room so that it never imports Ray) and decodes them with
+:func:`aide_ray.data.decode.decode_batch`; evaluation, figures and tests use
+:func:`read_slices_local` (pyarrow only), which yields the same decoded
+samples without a cluster.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
@@ -26,18 +25,14 @@ from aide_ray._internal import fs
 from aide_ray.data.decode import decode_batch
 from aide_ray.exceptions import InputError
 
-if TYPE_CHECKING:
-    import ray.data
-
 __all__ = [
     "SCHEMA",
     "SCHEMA_VERSION",
     "DATASET_JSON",
     "load_dataset_info",
     "shard_files",
-    "read_slices",
+    "check_split",
     "read_slices_local",
-    "summarize",
 ]
 
 SCHEMA_VERSION = 1
@@ -94,39 +89,14 @@ def shard_files(shards_dir: str | os.PathLike) -> list[str]:
     return files
 
 
-def _check_split(split: str | None, info: dict[str, Any], shards_dir: str | os.PathLike) -> None:
+def check_split(split: str | None, info: dict[str, Any], shards_dir: str | os.PathLike) -> None:
+    """Raise if ``split`` is not None and not a split of the dataset described by ``info``.
+
+    Raises:
+        InputError: a split that the dataset lacks.
+    """
     if split is not None and split not in info["counts"]["split"]:
         raise InputError(f"{shards_dir}: split must be one of {sorted(info['counts']['split'])}, got {split!r}")
-
-
-def read_slices(path: str | os.PathLike, split: str | None = None, *,
-                columns: Sequence[str] | None = None) -> "ray.data.Dataset":
-    """Stream slice rows with Ray Data (raw, undecoded columns of :data:`SCHEMA`).
-
-    Args:
-        path: shards folder.
-        split: keep only rows of this split (pushed down into the Parquet scan); None: all rows.
-        columns: keep only these columns; None: all.
-    Returns:
-        A lazy ``ray.data.Dataset``; decode with
-        ``ds.map_batches(decode_batch, batch_format="numpy")``.
-    Raises:
-        InputError: not a shards folder, or a split that the dataset lacks.
-    """
-    import ray.data
-    from ray.data.expressions import col
-
-    info = load_dataset_info(path)
-    _check_split(split, info, path)
-    ds = ray.data.read_parquet(shard_files(path))
-    if split is not None:
-        ds = ds.filter(expr=col("split") == split)
-    if columns is not None:
-        unknown = sorted(set(columns) - set(SCHEMA.names))
-        if unknown:
-            raise InputError(f"columns must be among {SCHEMA.names}, got unknown {unknown}")
-        ds = ds.select_columns(list(columns))
-    return ds
 
 
 def _table_to_numpy(table: pa.Table) -> dict[str, np.ndarray]:
@@ -144,7 +114,7 @@ def read_slices_local(path: str | os.PathLike, split: str | None = None) -> dict
         (``image`` (N, M, H, W) float32, ``label`` (N, H, W) uint8, ...).
     """
     info = load_dataset_info(path)
-    _check_split(split, info, path)
+    check_split(split, info, path)
     filesystem, files = fs.filesystem_and_paths(shard_files(path))
     dataset = pds.dataset(files, format="parquet", schema=SCHEMA, filesystem=filesystem)
     table = dataset.to_table(filter=None if split is None else pc.field("split") == split)
@@ -158,66 +128,3 @@ def read_slices_local(path: str | os.PathLike, split: str | None = None) -> dict
             "sample_id": np.zeros(0, object), "case_id": np.zeros(0, object), "slice_index": np.zeros(0, np.int32),
         }
     return decode_batch(_table_to_numpy(table))
-
-
-def _summary_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-row statistics of a raw batch (runs in Ray Data tasks)."""
-    decoded = decode_batch(batch)
-    pixels = decoded["label"].shape[1] * decoded["label"].shape[2] if len(decoded["label"]) else 0
-    return {
-        "split": np.asarray(batch["split"]).astype(str),
-        "label_kind": np.asarray(batch["label_kind"]).astype(str),
-        "has_label": decoded["has_label"],
-        "foreground": decoded["label"].reshape(len(decoded["label"]), -1).sum(axis=1).astype(np.int64),
-        "has_clean_label": decoded["has_clean_label"],
-        "clean_foreground": decoded["clean_label"].reshape(len(decoded["clean_label"]), -1).sum(axis=1)
-        .astype(np.int64),
-        "pixels": np.full(len(decoded["label"]), pixels, dtype=np.int64),
-        "image_mean": decoded["image"].reshape(len(decoded["image"]), -1).mean(axis=1).astype(np.float64),
-    }
-
-
-def summarize(shards_dir: str | os.PathLike, *, batch_size: int = 16) -> pd.DataFrame:
-    """Stream one epoch through Ray Data and tabulate it.
-
-    Uses the current Ray session (Ray Data starts one if none is running).
-
-    Args:
-        shards_dir: shards folder.
-        batch_size: rows per batch streamed to the driver.
-    Returns:
-        One row per (split, label_kind) with columns ``split``, ``label_kind``,
-        ``slices``, ``labelled``, ``foreground_fraction`` (mean over labelled
-        slices), ``clean_foreground_fraction`` (over slices with a clean label),
-        ``image_mean``; ``attrs`` holds ``shape`` [M, H, W], ``batches``,
-        ``seconds`` and ``slices_per_s``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
-    info = load_dataset_info(shards_dir)
-    ds = read_slices(shards_dir).map_batches(_summary_batch, batch_format="numpy")
-    parts: list[pd.DataFrame] = []
-    batches = 0
-    start = time.perf_counter()
-    for batch in ds.iter_batches(batch_size=batch_size, batch_format="numpy"):
-        parts.append(pd.DataFrame({k: np.asarray(v) for k, v in batch.items()}))
-        batches += 1
-    seconds = time.perf_counter() - start
-    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[
-        "split", "label_kind", "has_label", "foreground", "has_clean_label", "clean_foreground", "pixels",
-        "image_mean"])
-    out = []
-    for (split, kind), g in rows.groupby(["split", "label_kind"], sort=True):
-        lab, clean = g[g["has_label"]], g[g["has_clean_label"]]
-        out.append({
-            "split": split, "label_kind": kind, "slices": len(g), "labelled": len(lab),
-            "foreground_fraction": float(lab["foreground"].sum() / lab["pixels"].sum()) if len(lab) else float("nan"),
-            "clean_foreground_fraction": float(clean["clean_foreground"].sum() / clean["pixels"].sum())
-            if len(clean) else float("nan"),
-            "image_mean": float(g["image_mean"].mean()),
-        })
-    table = pd.DataFrame(out, columns=["split", "label_kind", "slices", "labelled", "foreground_fraction",
-                                       "clean_foreground_fraction", "image_mean"])
-    table.attrs.update(shape=list(info["shape"]), batches=batches, seconds=seconds,
-                       slices_per_s=(len(rows) / seconds) if seconds > 0 else float("nan"))
-    return table

@@ -28,7 +28,7 @@ import ray
 
 from aide_ray.data.augment import flip_augment, no_flip
 from aide_ray.data.decode import decode_batch
-from aide_ray.data.shards import read_slices
+from aide_ray.distributed.shard_reader import read_slices
 from aide_ray.engine.run_setup import has_validation
 
 __all__ = ["build_datasets", "cache_fits", "decoded_bytes", "shuffle_buffer_rows", "TRAIN_COLUMNS"]

@@ -1,4 +1,7 @@
-"""Readers: decode_batch, the local reader, and Ray Data's path giving the same samples."""
+"""Readers: decode_batch and the local (pyarrow) reader.
+
+The Ray Data reader and summary are tested in tests/distributed/test_shard_reader.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import pytest
 
 from aide_ray.cli.main import main
 from aide_ray.data.decode import decode_batch
-from aide_ray.data.shards import load_dataset_info, read_slices, read_slices_local, summarize
+from aide_ray.data.shards import load_dataset_info, read_slices_local, shard_files
 from aide_ray.exceptions import InputError
 
 
@@ -57,52 +60,6 @@ def test_missing_dataset_json(tmp_path):
         load_dataset_info(tmp_path)
 
 
-def _collect(ds):
-    batches = list(ds.iter_batches(batch_size=7, batch_format="numpy"))
-    merged = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
-    order = np.argsort(merged["sample_index"])
-    return {k: v[order] for k, v in merged.items()}
-
-
-@pytest.mark.ray
-def test_ray_path_equals_local_reader(ray_cluster, demo_shards):
-    # "test" rows live only in the last shard: the other shards give empty blocks after the filter.
-    ray_data = _collect(read_slices(demo_shards, "test").map_batches(decode_batch, batch_format="numpy"))
-    local = read_slices_local(demo_shards, "test")
-    assert set(ray_data) == set(local)
-    for key, value in local.items():
-        got = ray_data[key]
-        assert got.shape == value.shape, key
-        if value.dtype == object:
-            assert [str(v) for v in got] == list(value), key
-        else:
-            assert got.dtype == value.dtype and np.array_equal(got, value), key
-
-
-@pytest.mark.ray
-def test_ray_columns_and_summary(ray_cluster, demo_shards, capsys):
-    ds = read_slices(demo_shards, "val", columns=["sample_index", "label", "height", "width"])
-    out = _collect(ds.map_batches(decode_batch, batch_format="numpy"))
-    assert set(out) == {"sample_index", "label", "has_label"} and out["has_label"].all()
-    assert len(out["sample_index"]) == 16
-    with pytest.raises(InputError, match="columns must be among"):
-        read_slices(demo_shards, columns=["pixels"])
-
-    table = summarize(demo_shards, batch_size=16)
-    info = load_dataset_info(demo_shards)
-    got = {(r.split, r.label_kind): r.slices for r in table.itertuples()}
-    assert got == {(s, k): n for s, kinds in info["counts"]["split_label_kind"].items() for k, n in kinds.items()}
-    assert table["slices"].sum() == 96 and table.attrs["batches"] == 6 and table.attrs["shape"] == [1, 64, 64]
-    local = read_slices_local(demo_shards, "val")
-    assert table.set_index(["split", "label_kind"]).loc[("val", "hq"), "foreground_fraction"] == \
-        pytest.approx(local["label"].mean())
-
-    assert main(["data-summary", str(demo_shards), "--batch-size", "32"]) == 0
-    printed = capsys.readouterr().out
-    assert "96 slices" in printed and "3 batches" in printed and "slices/s" in printed
-    assert "train" in printed and "lq" in printed
-
-
 def test_data_summary_cli_bad_folder(tmp_path, capsys):
     assert main(["data-summary", str(tmp_path)]) == 2
     assert "dataset.json not found" in capsys.readouterr().err
@@ -116,8 +73,6 @@ def test_row_groups_stream(demo_shards):
 
 def test_shards_are_readable_through_a_uri(demo_shards):
     """Cluster jobs point data.shards at object storage; file:// exercises the same pyarrow.fs path."""
-    from aide_ray.data.shards import load_dataset_info, read_slices_local, shard_files
-
     uri = f"file://{demo_shards}"
     assert load_dataset_info(uri) == load_dataset_info(demo_shards)
     assert all(f.startswith("file://") for f in shard_files(uri))
