@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> float:
     # mostly waits, so wall time after synchronisation is the measure.
     ratio = aide_cpu / sup_cpu if device.type == "cpu" else aide_wall / sup_wall
     print(f"config: device={device} batch={args.batch_size} size={args.size} base_width={args.base_width} threads={args.threads} "
-          f"K={cfg.options_of("aide").num_augmentations} reps={args.reps} torch={torch.__version__} "
+          f"K={cfg.options_of('aide').num_augmentations} reps={args.reps} torch={torch.__version__} "
           f"pseudo_label_rows_per_pass={default_rows_per_pass(batch.image)}")
     print(f"aide_step_s wall median={aide_wall:.3f} all={[round(t[0], 3) for t in aide_t]}")
     print(f"two_supervised_steps_s wall median={sup_wall:.3f} all={[round(t[0], 3) for t in sup_t]}")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from aide_ray._internal.io import atomic_write_text
+
 __all__ = ["is_uri", "join", "resolve", "read_text", "exists", "write_text", "copy_file"]
 
 
@@ -47,8 +49,6 @@ def read_text(path: str | os.PathLike) -> str:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a small text file; local paths atomically (temp file + rename)."""
     if not is_uri(path):
-        from aide_ray._internal.io import atomic_write_text
-
         atomic_write_text(path, text)
         return
     fs, p = _fs(str(path))

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from aide_ray.data.manifest import read_manifest
+from aide_ray.data.noise import corrupt_manifest
+from aide_ray.eval.label_quality import noisy_label_dice
+from aide_ray.exceptions import InputError
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -23,11 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.data.manifest import read_manifest
-    from aide_ray.data.noise import corrupt_manifest
-    from aide_ray.eval.label_quality import noisy_label_dice
-    from aide_ray.exceptions import InputError
-
     try:
         out = corrupt_manifest(args.manifest, args.out, args.protocol, args.seed,
                                clean_fraction=args.clean_fraction, labelled_fraction=args.labelled_fraction,

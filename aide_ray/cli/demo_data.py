@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from aide_ray.data.demo import make_demo_data
+from aide_ray.data.manifest import read_manifest
+from aide_ray.exceptions import InputError
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -17,14 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.data.demo import make_demo_data
-    from aide_ray.data.manifest import read_manifest
-
     try:
         manifest = make_demo_data(args.out_dir, cases=args.cases, slices=args.slices, size=args.size,
                                   seed=args.seed, overwrite=args.overwrite)
     except ValueError as e:
-        from aide_ray.exceptions import InputError
         raise InputError(str(e)) from e
     df = read_manifest(manifest)
     kinds = df.groupby(["split", "label_kind"]).size()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from aide_ray.eval.evaluate import evaluate_predictions
+from aide_ray.eval.report import format_comparison, format_summary
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -36,9 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.eval.evaluate import evaluate_predictions
-    from aide_ray.eval.report import format_comparison, format_summary
-
     result = evaluate_predictions(args.pred, args.ref, args.out, split=args.split, label_column=args.label_column,
                                   compare=args.compare, labels=args.labels, largest_component=args.lcc,
                                   fill_holes=args.fill_holes, overlays=not args.no_overlays,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+
+from aide_ray.labels.export import LABELS_CSV, export_labels
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -20,10 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from aide_ray.labels.export import LABELS_CSV, export_labels
-
     table = export_labels(args.run_dir, args.out, shards=args.shards, overwrite=args.overwrite)
     print(f"{len(table)} case(s) written to {args.out}; per-case table: {args.out}/{LABELS_CSV}")
     if len(table):

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from aide_ray.eval.figures_run import write_run_figures
+from aide_ray.exceptions import InputError
 
 __all__ = ["add_arguments", "run"]
 
@@ -14,11 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from aide_ray.eval.figures_run import write_run_figures
-    from aide_ray.exceptions import InputError
-
     if not Path(args.run_dir).is_dir():
         raise InputError(f"run folder {args.run_dir} does not exist")
     if args.max_samples < 1:

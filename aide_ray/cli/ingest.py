@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from aide_ray.data.ingest import ingest
+from aide_ray.data.preprocess import Preprocessing
+from aide_ray.data.shards import load_dataset_info
+from aide_ray.exceptions import InputError
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -20,11 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aide_ray.data.ingest import ingest
-    from aide_ray.data.preprocess import Preprocessing
-    from aide_ray.data.shards import load_dataset_info
-    from aide_ray.exceptions import InputError
-
     try:
         prep = Preprocessing(target_spacing=tuple(args.spacing) if args.spacing else None, size=args.size,
                              normalize=args.normalize)

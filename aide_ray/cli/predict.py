@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from aide_ray.exceptions import InputError
+from aide_ray.inference.predictor import PredictOptions, predict
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -39,10 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # Imported here, not at the top, so that `aide-ray --help` does not load torch.
-    from aide_ray.exceptions import InputError
-    from aide_ray.inference.predictor import PredictOptions, predict
-
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.actors < 1:
@@ -50,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     pool = None
     if args.use_ray is not False:
         # Ray is imported only when the cases may go to the actor pool (--local never needs it).
-        from aide_ray.distributed.predict_pool import RayCasePool
+        from aide_ray.distributed.predict_pool import RayCasePool  # noqa: PLC0415  (imports Ray)
 
         pool = RayCasePool(actors=args.actors, gpus_per_actor=args.gpus_per_actor)
     # Flags not given (None): the run's own post-processing settings (cfg.eval).

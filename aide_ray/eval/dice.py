@@ -18,17 +18,14 @@ import warnings
 from typing import Any
 
 import numpy as np
+import torch
 
 __all__ = ["overlap_counts", "dice_from_counts", "dice", "mask_dice"]
 
 
-def _is_torch(x: Any) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
 def _flat_sum(mask: Any) -> Any:
     """(B, ...) bool -> (B,) counts, int64."""
-    if _is_torch(mask):
+    if isinstance(mask, torch.Tensor):
         return mask.flatten(1).sum(1)
     return mask.reshape(mask.shape[0], -1).sum(1, dtype=np.int64)
 
@@ -57,9 +54,7 @@ def overlap_counts(pred: Any, ref: Any, num_classes: int | None = None) -> tuple
         inter.append(_flat_sum(p & r))
         p_sum.append(_flat_sum(p))
         r_sum.append(_flat_sum(r))
-    if _is_torch(pred):
-        import torch
-
+    if isinstance(pred, torch.Tensor):
         return torch.stack(inter, 1), torch.stack(p_sum, 1), torch.stack(r_sum, 1)
     return np.stack(inter, 1), np.stack(p_sum, 1), np.stack(r_sum, 1)
 
@@ -73,9 +68,7 @@ def dice_from_counts(intersection: Any, pred_sum: Any, ref_sum: Any, *, both_emp
     Returns:
         float64 (numpy, or a Python float for scalar inputs) or float32 (torch) scores in [0, 1] or NaN.
     """
-    if _is_torch(intersection):
-        import torch
-
+    if isinstance(intersection, torch.Tensor):
         denom = (pred_sum + ref_sum).double()
         score = 2.0 * intersection.double() / denom.clamp_min(1.0)
         return torch.where(denom > 0, score, torch.full_like(score, both_empty)).float()
@@ -104,9 +97,7 @@ def dice(pred: Any, ref: Any, num_classes: int | None = None, *, both_empty: flo
     scores = dice_from_counts(*overlap_counts(pred, ref, num_classes), both_empty=both_empty)
     if scores.shape[1] == 1:
         return scores[:, 0]
-    if _is_torch(scores):
-        import torch
-
+    if isinstance(scores, torch.Tensor):
         return torch.nanmean(scores, dim=1)
     with warnings.catch_warnings():  # an all-NaN row is a defined NaN here, not a warning
         warnings.simplefilter("ignore", category=RuntimeWarning)

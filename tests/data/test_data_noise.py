@@ -10,7 +10,8 @@ from scipy import ndimage
 
 from aide_ray.cli.main import main
 from aide_ray.data.manifest import read_manifest
-from aide_ray.data.noise import choose_cases, corrupt_manifest, corrupt_mask, corrupt_volume, scaled_range
+from aide_ray.data.mask_noise import scaled_range
+from aide_ray.data.noise import choose_cases, corrupt_manifest, corrupt_mask, corrupt_volume
 from aide_ray.data.image_io import read_label
 
 
