@@ -28,7 +28,7 @@ import yaml
 
 from aide_ray.exceptions import ConfigError
 from aide_ray.methods.registry import METHOD_NAMES, options_class
-from aide_ray.nn.model import ModelConfig
+from aide_ray.nn.model_config import ModelConfig
 from aide_ray.options import Section, fail
 
 __all__ = [

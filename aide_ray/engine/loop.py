@@ -28,7 +28,7 @@ from aide_ray.engine.step import make_optimizers
 from aide_ray.labels import LabelCache
 from aide_ray.methods.base import Method
 from aide_ray.methods.registry import create_method
-from aide_ray.nn.model import parse_init_from
+from aide_ray.nn.model_config import parse_init_from
 from aide_ray.nn.modules import unwrap
 from aide_ray.runs.checkpoint import init_nets_from, load_state, save_checkpoint
 from aide_ray.runs.folder import HISTORY_FILE, LABEL_STORE_FILE, SAMPLES_FILE, SCORES_FILE

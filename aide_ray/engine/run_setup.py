@@ -22,7 +22,7 @@ from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.shards import load_dataset_info
 from aide_ray.exceptions import ConfigError, InputError
 from aide_ray.methods.registry import create_method, method_class
-from aide_ray.nn.model import parse_init_from
+from aide_ray.nn.model_config import parse_init_from
 from aide_ray.runs.checkpoint import init_nets_from
 
 __all__ = ["RunSetup", "prepare_run", "prepare_shards", "has_validation", "best_metric_name", "check_init_from",

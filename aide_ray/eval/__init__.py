@@ -1,8 +1,8 @@
 """Evaluation: metrics, post-processing, reports and pictures.
 
-The light, dependency-free parts are re-exported here; the rest are imported
-from their modules so that ``import aide_ray.eval`` pulls in neither torch nor
-matplotlib:
+The metrics and post-processing are re-exported here; the rest are imported
+from their modules so that ``import aide_ray.eval`` does not pull in matplotlib
+(torch it does, through the one Dice, which scores tensors on their device too):
 
 - :mod:`aide_ray.eval.dice`: the one Dice (numpy and torch) and its empty-mask policy.
 - :mod:`aide_ray.eval.metrics`: per-case DSC, IoU, RAVD, ASSD, MSSD, HD95, ... in mm.

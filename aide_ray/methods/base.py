@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from aide_ray.methods.correction import CorrectionPlan
-from aide_ray.nn.model import ModelConfig, build_model
+from aide_ray.nn.model import build_model
+from aide_ray.nn.model_config import ModelConfig
 from aide_ray.options import NoOptions
 
 __all__ = ["Batch", "StepOutput", "Phase", "Method", "CorrectionPlan"]

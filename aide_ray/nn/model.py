@@ -1,4 +1,4 @@
-"""The model section of the configuration and the one function that builds a network from it.
+"""The one function that builds a network from the model section.
 
 Every method builds its nets through :func:`build_model`, so a new backbone
 is a branch here and works with every method.
@@ -6,63 +6,12 @@ is a branch here and works with every method.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
 from torch import nn
 
-from aide_ray.exceptions import ConfigError
+from aide_ray.nn.model_config import ModelConfig
 from aide_ray.nn.unet import MultiModalUNet2D, UNet2D
-from aide_ray.options import Section
 
-__all__ = ["ModelConfig", "build_model", "parse_init_from"]
-
-
-@dataclass(frozen=True)
-class ModelConfig(Section):
-    """U-Net size. Input channels come from the dataset (number of modalities)."""
-
-    _prefix: ClassVar[str] = "model"
-    base_width: int = 16  # paper: 64 (64 ... 1024); small for CPU runs
-    num_classes: int = 2  # including background
-    # Checkpoints or run folders whose weights start the nets: one PATH for every net (a same-named
-    # net, else its first inference net; the reference code starts both AIDE nets from one
-    # pretrained network), or NET=PATH pairs separated by commas, e.g. "net1=runs/a,net2=runs/b".
-    init_from: str = ""
-
-    def __post_init__(self) -> None:
-        self._in_range("base_width", 1, 1024)
-        self._in_range("num_classes", 2, 255)
-        parse_init_from(self.init_from, ())  # syntax only; net names are checked against the method
-
-
-def parse_init_from(spec: str, net_names: tuple[str, ...]) -> dict[str, str]:
-    """``model.init_from`` as net name -> path.
-
-    Args:
-        spec: "" (no net), "PATH" (every net) or "NAME=PATH,NAME=PATH".
-        net_names: the method's nets; () checks the syntax only.
-    Raises:
-        ConfigError: a pair without a name or path, a name twice, or a name the method lacks.
-    """
-    spec = spec.strip()
-    if not spec:
-        return {}
-    parts = [p.strip() for p in spec.split(",")]
-    if not any("=" in p for p in parts):
-        return {name: spec for name in net_names}
-    out: dict[str, str] = {}
-    for part in parts:
-        name, sep, path = part.partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise ConfigError(f"model.init_from must be PATH or NET=PATH pairs separated by commas, got {spec!r}")
-        if name in out:
-            raise ConfigError(f"model.init_from names net {name!r} twice in {spec!r}")
-        if net_names and name not in net_names:
-            raise ConfigError(f"model.init_from names net {name!r}, but the method's nets are {list(net_names)}")
-        out[name] = path
-    return out
+__all__ = ["build_model"]
 
 
 def build_model(cfg: ModelConfig, in_channels: int) -> nn.Module:

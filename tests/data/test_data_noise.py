@@ -168,3 +168,22 @@ def test_cli(demo_manifest, tmp_path, capsys):
                  "--labelled-fraction", "1.5"]) == 2
     assert "labelled_fraction must be in [0, 1], got 1.5" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_cli_systematic_protocol_and_its_options(demo_manifest, tmp_path, capsys):
+    clean = _clean_manifest(demo_manifest, tmp_path)
+    assert main(["corrupt-labels", str(clean), "--out", str(tmp_path / "over"), "--protocol", "over-seg",
+                 "--magnitude", "16", "--clean-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "mean Dice of noisy vs clean labels" in out
+    df = read_manifest(tmp_path / "over" / "manifest.csv")
+    noisy = df[(df["split"] == "train") & (df["label_kind"] == "lq")]
+    assert len(noisy) and (noisy["noise_protocol"] == "over-seg").all()
+    for rec in noisy.itertuples():
+        grown = sitk.GetArrayFromImage(sitk.ReadImage(rec.label)) > 0
+        given = sitk.GetArrayFromImage(sitk.ReadImage(rec.clean_label)) > 0
+        assert (grown >= given).all() and grown.sum() > given.sum()  # every label grew
+    assert main(["corrupt-labels", str(clean), "--out", str(tmp_path / "bad"), "--protocol", "missed-structure",
+                 "--affected-fraction", "2"]) == 2
+    assert "affected_fraction must be in [0, 1], got 2.0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
