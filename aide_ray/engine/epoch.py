@@ -112,15 +112,20 @@ def run_epoch(state: TrainState, backend: Backend, epoch: int, *, keep_panels: b
     train_seconds = time.perf_counter() - started
 
     plan = method.correction_plan(epoch)
-    k = plan.count(plan.eligible_count(state.kind_counts)) if plan is not None else 0
+    ks = [0] * method.label_slots
+    if plan is not None:
+        n_eligible = plan.eligible_count(state.kind_counts)
+        corrected = backend.labels.stats()["corrected"]
+        ks = [plan.count(n_eligible, int(corrected[target])) for target in plan.targets]
     scored = score_pass(method, state.nets, backend.batches("score", state.batch_size, epoch=epoch), state.cache,
-                        backend.device, plan=plan, k_local=k, keep_panels=keep_panels and backend.rank == 0)
-    changed = carry_out(plan, scored.candidates, backend, epoch, k) if plan is not None else [0] * method.label_slots
+                        backend.device, plan=plan, k_local=max(ks), keep_panels=keep_panels and backend.rank == 0)
+    changed = carry_out(plan, scored.candidates, backend, epoch, ks) if plan is not None else [0] * method.label_slots
     _refresh(state.cache, backend)
     val = val_pass(method, state.nets, backend.batches("val", state.batch_size, epoch=epoch), backend.device) \
         if backend.has_val else {}
 
-    parts = backend.gather({"dice_sum": scored.dice_sum, "count": scored.count, "val": val, **trained})
+    parts = backend.gather({"dice_sum": scored.dice_sum, "twin_dice_sum": scored.twin_dice_sum,
+                            "count": scored.count, "val": val, **trained})
     store_stats = backend.labels.stats()
     metrics = _metrics_row(method, epoch, parts, changed, store_stats, has_val=backend.has_val)
     metrics.update(
@@ -149,6 +154,8 @@ def _metrics_row(method: Method, epoch: int, parts: list[dict[str, Any]], change
     for slot in range(method.label_slots):
         metrics[f"train_dice_{method.net_names[slot]}"] = float(dice[slot])
     metrics["train_dice"] = float(np.mean(dice))
+    if method.label_slots >= 2:
+        metrics["twin_dice"] = sum(p["twin_dice_sum"] for p in parts) / total_count
     metrics["val_dice"] = case_dice([p["val"] for p in parts]) if has_val else float("nan")
     for slot in range(method.label_slots):
         name = method.net_names[slot]

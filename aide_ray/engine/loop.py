@@ -65,7 +65,7 @@ def _restore(folder: Path, nets: dict[str, torch.nn.Module], backend: Backend) -
 
 
 def _optimizers(cfg: Config, method: Method, nets: dict[str, torch.nn.Module], epoch: int):
-    return make_optimizers(cfg.optim, nets, method.trained_nets, lr=method.phase(epoch).lr)
+    return make_optimizers(cfg.optim, nets, method.trained_nets, lr=cfg.optim.lr * method.phase(epoch).lr_factor)
 
 
 def _write_checkpoint(folder: Path, *, cfg: Config, state: TrainState, info: dict[str, Any], epoch: int,

@@ -20,8 +20,9 @@ from aide_ray.methods.correction import CorrectionPlan, has_foreground
 __all__ = ["carry_out"]
 
 
-def carry_out(plan: CorrectionPlan, candidates: list[LowestK], backend: Backend, epoch: int, k: int) -> list[int]:
-    """Relabel, after ``epoch``, the global lowest-``k`` of each scoring slot as ``plan`` says.
+def carry_out(plan: CorrectionPlan, candidates: list[LowestK], backend: Backend, epoch: int,
+              ks: list[int]) -> list[int]:
+    """Relabel, after ``epoch``, the global lowest-``ks[slot]`` of each scoring slot as ``plan`` says.
 
     Every worker must call this (it has collectives).
 
@@ -30,13 +31,13 @@ def carry_out(plan: CorrectionPlan, candidates: list[LowestK], backend: Backend,
     """
     store = backend.labels
     changed = [0] * len(candidates)
-    if k <= 0:
+    if max(ks, default=0) <= 0:
         return changed
     for slot, cand in enumerate(candidates):
         store.report_candidates(epoch, slot, cand.index, cand.score)
     backend.barrier()
     for slot, cand in enumerate(candidates):
-        winners = store.select(epoch, slot, k)
+        winners = store.select(epoch, slot, ks[slot]) if ks[slot] > 0 else np.zeros(0, np.int64)
         mine = np.isin(cand.index, winners) & has_foreground(cand.pred)
         # Encoded here, so only ~100 bytes per label travel to the store instead of two masks.
         packed = encode_differences(cand.pred[mine], cand.source[mine])

@@ -27,7 +27,8 @@ from aide_ray.methods.correction import CorrectionPlan, largest_component_per_cl
 from aide_ray.nn.modules import ensemble_probs, hard_prediction
 from aide_ray.engine.batches import to_batch
 
-__all__ = ["LowestK", "ScoreResult", "score_pass", "val_pass", "case_dice", "PANEL_SAMPLES", "SCORE_SAMPLES_CAP"]
+__all__ = ["LowestK", "ScoreResult", "candidate_labels", "score_pass", "val_pass", "case_dice", "gather_panels",
+           "PANEL_SAMPLES", "SCORE_SAMPLES_CAP"]
 
 PANEL_SAMPLES = 8  # label-correction panels kept for figures
 SCORE_SAMPLES_CAP = 4096  # samples per epoch kept in train_scores.csv (for the Dice scatter)
@@ -68,6 +69,8 @@ class ScoreResult:
 
     Attributes:
         dice_sum: (S,) sum over labelled rows of each slot's Dice.
+        twin_dice_sum: sum over labelled rows of the Dice between the first two slots' predictions
+            (how much the twins agree; 0 with one slot).
         count: labelled rows scored.
         candidates: per slot, the lowest-k correction candidates (k = 0 without a plan).
         score_rows: (sample_index, slot, dice_pred_vs_label, dice_label_vs_clean) for train_scores.csv.
@@ -77,6 +80,7 @@ class ScoreResult:
     dice_sum: np.ndarray
     count: int
     candidates: list[LowestK]
+    twin_dice_sum: float = 0.0
     score_rows: list[tuple[int, int, float, float]] = field(default_factory=list)
     panels: dict[str, list] = field(default_factory=dict)
 
@@ -91,15 +95,34 @@ def _predictions(method: Method, nets: Mapping[str, nn.Module], image: torch.Ten
     return preds
 
 
+def candidate_labels(preds: list[np.ndarray], current: np.ndarray, plan: CorrectionPlan) -> list[np.ndarray]:
+    """The label each scoring slot's prediction would write into its target slot.
+
+    Args:
+        preds: per slot, (B, H, W) uint8 predictions.
+        current: (B, S, H, W) uint8 current labels.
+    Returns:
+        Per scoring slot, (B, H, W) uint8: the prediction, or with ``plan.where_agree``
+        the prediction where every net agrees and the target slot's current label elsewhere.
+    """
+    if not plan.where_agree or len(preds) < 2:
+        return preds
+    agree = np.all([p == preds[0] for p in preds[1:]], axis=0)
+    return [np.where(agree, pred, current[:, plan.targets[slot]]).astype(np.uint8) for slot, pred in enumerate(preds)]
+
+
 def score_pass(method: Method, nets: Mapping[str, nn.Module], rows: Iterable[Mapping[str, np.ndarray]],
                cache: LabelCache, device: torch.device, *, plan: CorrectionPlan | None, k_local: int,
                keep_panels: bool) -> ScoreResult:
     """Per-sample Dice of each slot's net against its current label; lowest-k candidates per slot.
 
+    A sample's rank is the Dice of the net's prediction against its current
+    label; what it would be relabelled with is :func:`candidate_labels`.
+
     Args:
         rows: the ``score`` row batches.
-        plan: this epoch's correction plan (eligibility, largest component), or None.
-        k_local: candidates each slot keeps (the global k on a correction epoch, else 0).
+        plan: this epoch's correction plan (eligibility, largest component, agreement), or None.
+        k_local: candidates each slot keeps (the largest per-slot k on a correction epoch, else 0).
         keep_panels: keep the first clean/noisy/current labels for the label-correction panels.
     """
     slots = method.label_slots
@@ -114,10 +137,15 @@ def score_pass(method: Method, nets: Mapping[str, nn.Module], rows: Iterable[Map
         index = np.asarray(raw["sample_index"], dtype=np.int64)
         eligible = plan.eligible(labelled, hq) if plan is not None else np.zeros_like(labelled)
         has_clean = np.asarray(raw["has_clean_label"], dtype=bool)
-        for slot, pred in enumerate(_predictions(method, nets, batch.image, largest)):
+        preds = _predictions(method, nets, batch.image, largest)
+        new_labels = candidate_labels(preds, current, plan) if plan is not None else preds
+        if slots >= 2:
+            result.twin_dice_sum += float(np.sum(dice(preds[0], preds[1], method.num_classes)[labelled]))
+        for slot, pred in enumerate(preds):
             scores = dice(pred, current[:, slot], method.num_classes)
             result.dice_sum[slot] += float(np.sum(scores[labelled]))
-            result.candidates[slot].add(index[eligible], scores[eligible], pred[eligible], raw["label"][eligible])
+            result.candidates[slot].add(index[eligible], scores[eligible], new_labels[slot][eligible],
+                                        raw["label"][eligible])
             for i in np.flatnonzero(has_clean & labelled & (index < SCORE_SAMPLES_CAP)):
                 result.score_rows.append((int(index[i]), slot, float(scores[i]),
                                           mask_dice(current[i, slot], raw["clean_label"][i])))

@@ -25,7 +25,7 @@ import pandas as pd
 
 from aide_ray.data.ingest import ingest
 from aide_ray.data.manifest import read_manifest, write_manifest
-from aide_ray.data.noise import corrupt_manifest
+from aide_ray.data.noise import PROTOCOLS, NoiseOptions, corrupt_manifest
 from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest
 from aide_ray.eval.evaluate import find_prediction
@@ -127,6 +127,37 @@ def shenzhen_noisy(ctx: PrepareContext, *, clean_fraction: float) -> Prepared:
     return Prepared(train={"noisy": ingest_once(noisy, d / "shards_noisy", ctx.inputs),
                            "clean": ingest_once(clean, d / "shards_clean", ctx.inputs)},
                     reference=clean, note=note)
+
+
+def shenzhen_protocols(ctx: PrepareContext, *, protocols: list[str], clean_fraction: float, magnitude: float = 8.0,
+                       affected_fraction: float = 0.5, strength: float = 2.0) -> Prepared:
+    """The headroom benchmark: the clean manifest ("clean") and one noisy copy per protocol (keyed by its name).
+
+    Every copy keeps the same ``clean_fraction`` of train cases clean (kind hq) and corrupts the
+    others with its protocol (docs/data.md); the note gives each protocol's label quality.
+    """
+    unknown = sorted(set(protocols) - set(PROTOCOL_KEYS))
+    if unknown:
+        raise ConfigError(f"prepare.options.protocols must be among {list(PROTOCOL_KEYS)}, got {unknown}")
+    options = NoiseOptions(magnitude=magnitude, affected_fraction=affected_fraction, strength=strength)
+    d = data_dir(ctx.out)
+    train_sets: dict[str, Path] = {}
+    qualities = []
+    clean = None
+    for protocol in protocols:
+        clean, noisy, train = _shenzhen(ctx, protocol, f"noisy_{protocol}", clean_fraction=clean_fraction,
+                                        options=options)
+        dice = noisy_label_dice(train[train["label_kind"] == "lq"])
+        qualities.append(f"{protocol} {dice.mean():.3f}")
+        train_sets[protocol] = ingest_once(noisy, d / f"shards_{protocol}", ctx.inputs)
+    if clean is None:
+        raise ConfigError("prepare.options.protocols must name at least one protocol")
+    train_sets["clean"] = ingest_once(clean, d / "shards_clean", ctx.inputs)
+    note = (f"Cases (train, val, test): {_counts(clean)}. Train labels: {int(clean_fraction * 100)}% of the train cases "
+            f"clean, the others corrupted (seed {NOISE_SEED}; magnitude {magnitude:g} px at 256, affected fraction "
+            f"{affected_fraction:g}, strength {strength:g}); mean Dice of noisy vs clean label: "
+            f"{', '.join(qualities)}. Test references: the original masks.")
+    return Prepared(train=train_sets, reference=clean, note=note)
 
 
 def qubiq_annotators(ctx: PrepareContext) -> Prepared:
@@ -255,8 +286,12 @@ class Recipe:
         return {p.name: p.default is inspect.Parameter.empty for p in params if p.kind is p.KEYWORD_ONLY}
 
 
+# The noise protocols a headroom benchmark can train on (every one of aide_ray.data.noise but "limited").
+PROTOCOL_KEYS: tuple[str, ...] = tuple(p for p in PROTOCOLS if p != "limited")
+
 RECIPES: dict[str, Recipe] = {
     "shenzhen_noisy": Recipe(shenzhen_noisy, ("noisy", "clean")),
+    "shenzhen_protocols": Recipe(shenzhen_protocols, ("clean", *PROTOCOL_KEYS)),
     "qubiq_annotators": Recipe(qubiq_annotators, ("rater1", "random")),
     "shenzhen_limited": Recipe(shenzhen_limited, ("hq10", "clean", "pseudo"), arm_options=("pseudo_labels_from",)),
 }

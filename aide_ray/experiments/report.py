@@ -139,15 +139,16 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
 
 
 def _test_lines(spec: Setting, cases: pd.DataFrame, done: Sequence[str], titles: dict[str, str]) -> list[str]:
-    """Paired tests of AIDE against each baseline of the setting that ran (and per annotator in setting 2)."""
+    """Paired tests of each comparison of the setting that ran, arm A against arm B (A is the AIDE arm where
+    there is one), and per annotator in setting 2."""
     tests = [(a, b) for a, b in spec.comparisons if a in done and b in done]
     if not tests:
         return []
-    lines = ["Two-tailed paired t-tests (scipy.stats.ttest_rel) of AIDE against each baseline over the test "
+    lines = ["Two-tailed paired t-tests (scipy.stats.ttest_rel) of arm A against arm B over the test "
              "cases (each case's metric averaged over seeds"
              + (" and over the 7 raters" if spec.per_annotator else "")
              + " first; for ASSD and HD95 lower is better):", ""]
-    header = ["AIDE arm", "baseline", "Dice AIDE / baseline", "p (Dice)", "p (ASSD)", "p (HD95)", "pairs"]
+    header = ["arm A", "arm B", "Dice A / B", "p (Dice)", "p (ASSD)", "p (HD95)", "pairs"]
     rows = []
     # In setting 2 one prediction is scored against 7 raters: average them per case, so a case is one pair.
     keys = ("case_id",) if spec.per_annotator else KEYS
@@ -164,7 +165,7 @@ def _test_lines(spec: Setting, cases: pd.DataFrame, done: Sequence[str], titles:
             res = paired_tests(cases, a, b, ("dice",), by="annotator").set_index("annotator")
             rows.append([titles[a], titles[b]] + [format_p(res.loc[r, "p"]) for r in raters])
         lines += ["Dice p-values per annotator:", "",
-                  _md_table(["AIDE arm", "baseline"] + [f"p {r}" for r in raters], rows), ""]
+                  _md_table(["arm A", "arm B"] + [f"p {r}" for r in raters], rows), ""]
     return lines
 
 

@@ -17,13 +17,14 @@ from typing import ClassVar, Mapping
 import torch
 from torch import Tensor, nn
 
-from aide_ray.methods.base import Batch, CorrectionPlan, Method, StepOutput
+from aide_ray.methods.base import Batch, CorrectionPlan, Method, Phase, StepOutput
 from aide_ray.methods.correction import should_update
 from aide_ray.nn.augment import augmented_pseudo_label, default_rows_per_pass
 from aide_ray.nn.losses import consistency_loss_per_sample, segmentation_loss_per_sample
 from aide_ray.options import Section
 
-__all__ = ["AideOptions", "Aide", "aide_losses", "ramp_weight", "small_loss_selection", "aide_net_loss", "twin_of"]
+__all__ = ["AideOptions", "Aide", "aide_losses", "ramp_weight", "small_loss_selection", "aide_net_loss", "twin_of",
+           "flip_view"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ class AideOptions(Section):
     pseudo_label_eval_mode: bool = True  # pseudo-label forward passes in eval mode (batch-norm running stats)
     correct_hq: bool = False  # whether HQ-labelled samples may be relabelled
     largest_component: bool = False  # keep the largest connected component of predictions used as labels
+    # Two-stage recipe (the reference's pipeline in one job): the first supervised_epochs train each net
+    # on the given labels alone; the AIDE stage follows with its own optimiser at optim.lr * lr_factor,
+    # and warmup_epochs, update_every and ramp_epochs count from its start. 0: AIDE from the first epoch.
+    supervised_epochs: int = 0
+    lr_factor: float = 1.0
+    twin_flips: bool = False  # each net trains on its own random flips of the batch (twins that differ)
+    correct_where_agree: bool = False  # a correction writes only the pixels where both nets agree
+    max_corrected_share: float = 1.0  # corrections stop at this share of the eligible labels per net
 
     def __post_init__(self) -> None:
         self._in_range("update_ratio", 0.0, 1.0, lo_open=True)
@@ -54,6 +63,9 @@ class AideOptions(Section):
         self._in_range("num_augmentations", 1, 64)
         self._in_range("small_loss_fraction", 0.0, 1.0, lo_open=True)
         self._in_range("rotation_degrees", 0.0, 180.0)
+        self._in_range("supervised_epochs", 0, None)
+        self._in_range("lr_factor", 0.0, None, lo_open=True)
+        self._in_range("max_corrected_share", 0.0, 1.0)
 
 
 def ramp_weight(epoch: int, ramp_epochs: int) -> float:
@@ -121,6 +133,17 @@ def aide_net_loss(seg: Tensor, con: Tensor | None, selected: Tensor, labelled: T
     n_sel = selected.sum().clamp_min(1)
     n_rest = rest.sum().clamp_min(1)
     return torch.where(selected, row, 0.0).sum() / n_sel + torch.where(rest, row, 0.0).sum() / n_rest
+
+
+def flip_view(x: Tensor, flip_h: Tensor, flip_v: Tensor) -> Tensor:
+    """Rows of ``x`` (B, ..., H, W) mirrored left-right where ``flip_h`` and up-down where ``flip_v`` ((B,) bool).
+
+    Its own inverse (the two flips commute), and differentiable: a net's logits on
+    its view are brought back to the batch's frame by the same call.
+    """
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    x = torch.where(flip_h.view(shape), x.flip(-1), x)
+    return torch.where(flip_v.view(shape), x.flip(-2), x)
 
 
 def twin_of(name: str, net_names: tuple[str, str]) -> str:
@@ -208,11 +231,32 @@ class Aide(Method):
     label_slots = 2
     uses_unlabelled = True
 
+    def _logits(self, net: nn.Module, image: Tensor) -> Tensor:
+        """The net's logits in the batch's frame; with ``twin_flips`` computed on its own random view."""
+        if not self.options.twin_flips:
+            return net(image)
+        b = image.shape[0]
+        flip_h = torch.rand(b, device=image.device) < 0.5
+        flip_v = torch.rand(b, device=image.device) < 0.5
+        return flip_view(net(flip_view(image, flip_h, flip_v)), flip_h, flip_v)
+
+    def _supervised_step(self, nets: dict[str, nn.Module], batch: Batch) -> StepOutput:
+        """The first stage: each net learns its own label slot with L_seg on the labelled rows."""
+        labelled = batch.labelled.to(torch.float32)
+        losses = {}
+        for slot, name in enumerate(self.net_names):
+            seg = segmentation_loss_per_sample(self._logits(nets[name], batch.image), batch.labels[:, slot])
+            losses[name] = (seg * labelled).sum() / labelled.sum().clamp_min(1.0)
+        metrics = {f"loss_{name}": float(loss.detach()) for name, loss in losses.items()}
+        return StepOutput(loss=sum(losses.values()), metrics=metrics)
+
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
         cfg = self.options
+        if epoch < cfg.supervised_epochs:
+            return self._supervised_step(nets, batch)
         names: tuple[str, str] = self.net_names  # type: ignore[assignment]
-        ramp = ramp_weight(epoch, cfg.ramp_epochs)
-        logits = {name: nets[name](batch.image) for name in names}
+        ramp = ramp_weight(epoch - cfg.supervised_epochs, cfg.ramp_epochs)
+        logits = {name: self._logits(nets[name], batch.image) for name in names}
         labelled = batch.labelled.bool()
         # The consistency term weighs lambda * r_i; at epoch 0 with every row
         # labelled it is zero everywhere, so the K x B forward passes are skipped.
@@ -239,13 +283,22 @@ class Aide(Method):
 
     @classmethod
     def grace_epochs(cls, options: AideOptions) -> int:
-        """The warm-up, then one epoch trained on the labels the warm-up left."""
-        return options.warmup_epochs + 1
+        """The supervised stage and the warm-up, then one epoch trained on the labels the warm-up left."""
+        return options.supervised_epochs + options.warmup_epochs + 1
+
+    def phase(self, epoch: int) -> Phase:
+        """Phase 0: the supervised stage (if any); phase 1: AIDE at ``optim.lr * lr_factor``."""
+        start = self.options.supervised_epochs
+        if start == 0:
+            return Phase()
+        return Phase() if epoch < start else Phase(index=1, start_epoch=start, lr_factor=self.options.lr_factor)
 
     def correction_plan(self, epoch: int) -> CorrectionPlan | None:
-        """Crossed relabelling of the worst-fitting share R after the warm-up/every-N epochs."""
+        """Crossed relabelling of the worst-fitting share R after the warm-up/every-N epochs of the AIDE stage."""
         opts = self.options
-        if not should_update(epoch, opts.warmup_epochs, opts.update_every):
+        stage_epoch = epoch - opts.supervised_epochs
+        if stage_epoch < 0 or not should_update(stage_epoch, opts.warmup_epochs, opts.update_every):
             return None
         return CorrectionPlan(ratio=opts.update_ratio, targets=(1, 0), correct_hq=opts.correct_hq,
-                              largest_component=opts.largest_component)
+                              largest_component=opts.largest_component, where_agree=opts.correct_where_agree,
+                              max_share=opts.max_corrected_share)

@@ -77,12 +77,12 @@ class Phase:
     Attributes:
         index: 0 for the first phase, 1 for the next, ...
         start_epoch: the phase's first (0-based) epoch.
-        lr: the phase's learning rate; None: ``optim.lr``.
+        lr_factor: the phase's learning rate is ``optim.lr * lr_factor``.
     """
 
     index: int = 0
     start_epoch: int = 0
-    lr: float | None = None
+    lr_factor: float = 1.0
 
 
 class Method:

@@ -41,12 +41,19 @@ class CorrectionPlan:
         correct_hq: whether samples with a high-quality source label are eligible.
         largest_component: keep only the largest connected component per class
             of a prediction before it becomes a label (reference CHAOS/prostate).
+        where_agree: a new label takes the prediction only on the pixels where
+            every slot's net predicts the same class, and keeps the target slot's
+            current label elsewhere: one net's mistake is never written.
+        max_share: corrections stop once this share of the eligible samples of a
+            slot carries a corrected label (1.0: no cap).
     """
 
     ratio: float
     targets: tuple[int, ...]
     correct_hq: bool = False
     largest_component: bool = False
+    where_agree: bool = False
+    max_share: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio <= 1.0:
@@ -54,6 +61,8 @@ class CorrectionPlan:
         n = len(self.targets)
         if n == 0 or any(not 0 <= t < n for t in self.targets):
             raise ValueError(f"targets must name label slots in [0, {n}), got {self.targets}")
+        if not 0.0 <= self.max_share <= 1.0:
+            raise ValueError(f"max_share must be in [0, 1], got {self.max_share}")
 
     def eligible(self, labelled: Tensor | np.ndarray, hq: Tensor | np.ndarray) -> np.ndarray:
         """(N,) bool: the rows this plan may relabel."""
@@ -63,9 +72,13 @@ class CorrectionPlan:
         """Eligible training samples, from the rows per label kind (``dataset.json``'s counts of the split)."""
         return int(kind_counts.get("lq", 0)) + (int(kind_counts.get("hq", 0)) if self.correct_hq else 0)
 
-    def count(self, n_eligible: int) -> int:
-        """k, the samples each scoring slot relabels: ``correction_count(ratio, n_eligible)``."""
-        return correction_count(self.ratio, n_eligible)
+    def count(self, n_eligible: int, already_corrected: int = 0) -> int:
+        """k, the samples a scoring slot relabels: ``correction_count(ratio, n_eligible)``, less what
+        would take the target slot past ``max_share`` of the eligible samples (``already_corrected``
+        of them carry a corrected label)."""
+        k = correction_count(self.ratio, n_eligible)
+        room = math.floor(self.max_share * n_eligible + 1e-9) - already_corrected
+        return max(0, min(k, room))
 
 def should_update(epoch: int, warmup: int, every: int) -> bool:
     """Whether labels are corrected after the 0-based ``epoch``.

@@ -72,7 +72,7 @@ def test_carry_out_writes_crossed_winners_and_skips_empty_predictions(tiny_shard
     candidates = [LowestK(2), LowestK(2)]
     candidates[0].add(np.arange(4), np.array([0.1, 0.0, 0.9, 0.8]), pred0, source)
     candidates[1].add(np.arange(4), np.array([0.9, 0.8, 0.2, 0.1]), pred1, source)
-    changed = carry_out(CorrectionPlan(ratio=0.5, targets=(1, 0)), candidates, backend, epoch=0, k=2)
+    changed = carry_out(CorrectionPlan(ratio=0.5, targets=(1, 0)), candidates, backend, epoch=0, ks=[2, 2])
     # net1 (slot 0) picks samples 0, 1 -> written into slot 1, except the empty prediction of sample 1;
     # net2 (slot 1) picks samples 2, 3 -> written into slot 0.
     assert changed == [2, 1]

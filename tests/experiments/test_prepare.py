@@ -12,7 +12,8 @@ import yaml
 
 from aide_ray.exceptions import ConfigError
 from aide_ray.experiments.catalogue import Inputs, get_setting, load_setting, settings
-from aide_ray.experiments.prepare import PrepareContext, prepare_setting, qubiq_annotators, recipe_of
+from aide_ray.experiments.prepare import (PrepareContext, prepare_setting, qubiq_annotators, recipe_of,
+                                          shenzhen_protocols)
 
 from .helpers import make_shenzhen
 
@@ -61,7 +62,22 @@ def test_the_noisy_recipe_makes_both_training_sets_once(tmp_path: Path) -> None:
     assert (prepared.train["noisy"] / "dataset.json").stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("name", ["noisy", "annotators", "limited"])
+def test_the_protocols_recipe_makes_one_training_set_per_protocol(tmp_path: Path) -> None:
+    data = make_shenzhen(tmp_path / "shenzhen")
+    out = tmp_path / "exp"
+    ctx = PrepareContext(data, out, Inputs(16, (2.0, 2.0)))
+    prepared = shenzhen_protocols(ctx, protocols=["over-seg", "missed-structure"], clean_fraction=0.1, magnitude=16)
+    assert set(prepared.train) == {"over-seg", "missed-structure", "clean"}
+    for protocol in ("over-seg", "missed-structure"):
+        noisy = pd.read_csv(out / "data" / f"noisy_{protocol}" / "manifest.csv")
+        assert set(noisy["noise_protocol"]) == {protocol}
+        assert (prepared.train[protocol] / "dataset.json").is_file()
+    assert "mean Dice of noisy vs clean label: over-seg 0." in prepared.note
+    with pytest.raises(ConfigError, match=r"protocols must be among .*got \['limited'\]"):
+        shenzhen_protocols(ctx, protocols=["limited"], clean_fraction=0.1)
+
+
+@pytest.mark.parametrize("name", ["headroom", "noisy", "annotators", "limited"])
 def test_the_shipped_settings_name_recipes_that_make_their_training_sets(name: str) -> None:
     recipe = recipe_of(get_setting(name))
     assert {arm.data for arm in settings()[name].arms} <= set(recipe.data_keys)
@@ -76,7 +92,7 @@ def _setting(tmp_path: Path, prepare: dict, data: str = "hq10"):
 
 @pytest.mark.parametrize("prepare, data, message", [
     ({"recipe": "shenzen_limited"}, "hq10",
-     r"t\.yaml: prepare\.recipe must be one of \['qubiq_annotators', 'shenzhen_limited', 'shenzhen_noisy'\], "
+     r"t\.yaml: prepare\.recipe must be one of \['qubiq_annotators', 'shenzhen_limited', 'shenzhen_noisy', 'shenzhen_protocols'\], "
      r"got 'shenzen_limited' \(did you mean 'shenzhen_limited'\?\)"),
     ({"recipe": "shenzhen_limited", "options": {"labeled_fraction": 0.1, "pseudo_labels_from": "a"}}, "hq10",
      r"t\.yaml: keys of prepare\.options must be among \['labelled_fraction', 'pseudo_labels_from'\] .*"

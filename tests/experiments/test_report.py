@@ -43,7 +43,7 @@ def test_per_annotator_setting_has_a_column_per_rater(tmp_path: Path) -> None:
     write_eval(out, "aide_rater1", 0, [0.82, 0.75, 0.91, 0.66], annotators=raters)
     text = setting_markdown(out)
     assert "| arm | rater1 | rater2 | rater10 |" in text  # natural order of the rater names
-    assert "| AIDE arm | baseline | p rater1 | p rater2 | p rater10 |" in text
+    assert "| arm A | arm B | p rater1 | p rater2 | p rater10 |" in text
     assert "over the test cases (each case's metric averaged over seeds and over the 7 raters first" in text
     assert "| AIDE, rater 1 | supervised, rater 1 | 0.785 / 0.750 |" in text
     assert "| 4 |\n" in text.split("Two-tailed")[1]  # one pair per case
