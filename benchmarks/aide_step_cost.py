@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> float:
     aide_nets = {name: net.to(device) for name, net in aide.build_nets().items()}
     aide_opts, _ = make_optimizers(cfg.optim, aide_nets, aide.trained_nets)
 
-    sup = Supervised(cfg.replace(method="supervised"), in_channels=1)
+    sup = Supervised.from_config(cfg, 1)
     sup_runs = []
     for _ in range(2):
         nets = {name: net.to(device) for name, net in sup.build_nets().items()}

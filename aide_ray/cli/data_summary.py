@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from aide_ray.data.shards import load_dataset_info
+from aide_ray.data.verify import verify_shards
 from aide_ray.distributed.runtime import init_ray
 from aide_ray.distributed.shard_reader import summarize
 from aide_ray.exceptions import InputError
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
-    info = load_dataset_info(args.shards)  # fail on a bad folder before starting Ray
+    info = verify_shards(args.shards)  # one line naming a bad shard, before starting Ray
     init_ray(num_cpus=4, dashboard=False, log_to_driver=False)
     table = summarize(args.shards, batch_size=args.batch_size)
     a = table.attrs

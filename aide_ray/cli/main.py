@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "corrupt-labels": ("corrupt_labels", "simulate noisy or limited labels for a manifest (pymic-jsrt, limited)"),
     "ingest": ("ingest", "turn a manifest of images and labels into Parquet slice shards"),
     "data-summary": ("data_summary", "stream one epoch of shards through Ray Data and print a summary"),
+    "verify": ("verify", "check shards against their dataset.json (files, sizes, hashes, rows); names a bad file"),
     "train": ("train", "train AIDE or a baseline on Ray (embedded unless RAY_ADDRESS is set) or locally (--backend local)"),
     "tune": ("tune", "sweep hyperparameters with Ray Tune"),
     "predict": ("predict", "segment images with a trained checkpoint, in the input's geometry"),

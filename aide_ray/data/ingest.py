@@ -30,6 +30,7 @@ from aide_ray.data.image_io import read_image
 from aide_ray.data.manifest import image_columns, read_manifest
 from aide_ray.data.preprocess import PreparedCase, Preprocessing, prepare_label, preprocess_case
 from aide_ray.data.shards import DATASET_JSON, SCHEMA, SCHEMA_VERSION
+from aide_ray.data.verify import SHARD_FILES_KEY, shard_record
 from aide_ray.exceptions import InputError
 
 __all__ = ["ingest", "sample_id", "ROW_GROUP_SIZE", "file_sha256"]
@@ -213,6 +214,8 @@ def ingest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, prep: P
             "manifest_sha256": file_sha256(manifest_path),
             "source_sha256": dict(sorted(hashes.items())),
             "shards": writer.files,
+            # Size, SHA-256 and rows of every shard: checked before any training (aide_ray.data.verify).
+            SHARD_FILES_KEY: {name: shard_record(tmp / name) for name in writer.files},
             "columns": SCHEMA.names,
             "cases": cases,
         }

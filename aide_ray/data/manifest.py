@@ -15,6 +15,11 @@ Columns (see docs/data.md):
 - ``split``: required, one of ``train``, ``val``, ``test``.
 - ``clean_label``: optional high-quality reference of the same image, for
   figures and diagnostics only; never used for training.
+- ``noise_protocol``, ``noise_seed``: written by ``corrupt-labels`` and
+  ``demo-data`` as a record; never read.
+
+Any other column is kept but never read, with a warning that names the closest
+known column (``lable_kind`` is a typo of ``label_kind``, not a new column).
 
 Row numbers in messages count data rows from 1 (the header is row 0), so
 "row 3" is the file's fourth line.
@@ -22,8 +27,10 @@ Row numbers in messages count data rows from 1 (the header is row 0), so
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +44,7 @@ __all__ = [
     "SPLITS",
     "REQUIRED_COLUMNS",
     "OPTIONAL_COLUMNS",
+    "RECORD_COLUMNS",
     "image_columns",
     "read_manifest",
     "write_manifest",
@@ -47,6 +55,8 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "label_kind", "split")
 # Filled with "" when absent so that every consumer sees the same columns.
 OPTIONAL_COLUMNS: tuple[str, ...] = ("label", "annotator", "domain", "clean_label")
+# Written by our own tools as a record of how the labels were made; never read.
+RECORD_COLUMNS: tuple[str, ...] = ("noise_protocol", "noise_seed")
 
 _IMAGE_N = re.compile(r"^image_(\d+)$")
 
@@ -79,6 +89,18 @@ def image_columns(columns: Sequence[str], *, source: str = "manifest") -> list[s
     return [c for _, c in numbered]
 
 
+def _warn_unknown_columns(columns: Sequence[str], source: str) -> None:
+    """Warn once per column that no reader knows, naming the closest known column."""
+    known = [*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS, *RECORD_COLUMNS, "image", "image_0"]
+    for col in columns:
+        if col in known or _IMAGE_N.match(col):
+            continue
+        close = difflib.get_close_matches(col, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known columns: {', '.join(known[:-1])}, image_N"
+        warnings.warn(f"{source}: column {col!r} is not a manifest column and is never read{hint}",
+                      UserWarning, stacklevel=3)
+
+
 def _resolve(cell: str, base: Path) -> str:
     path = Path(os.path.expanduser(cell))
     if not path.is_absolute():
@@ -95,7 +117,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
         check_files: also check that every referenced file or folder exists.
     Returns:
         A DataFrame indexed by the 1-based data row number, with every column
-        of the CSV (extra columns are kept) plus the optional columns filled
+        of the CSV (unknown columns are kept, with a warning) plus the optional columns filled
         with "" where absent; all cells are strings; image, label and
         clean_label cells are absolute paths (or "").
     Raises:
@@ -120,8 +142,11 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
         raise InputError(f"{path}: the manifest has a header but no rows")
     for col in REQUIRED_COLUMNS:
         if col not in df.columns:
-            raise InputError(f"{path}: missing required column {col!r}; columns are {list(df.columns)}")
+            close = difflib.get_close_matches(col, list(df.columns), n=1, cutoff=0.6)
+            typo = f" ({close[0]!r} looks like a typo of it)" if close else ""
+            raise InputError(f"{path}: missing required column {col!r}{typo}; columns are {list(df.columns)}")
     images = image_columns(list(df.columns), source=str(path))
+    _warn_unknown_columns(list(df.columns), str(path))
     for col in OPTIONAL_COLUMNS:
         if col not in df.columns:
             df[col] = ""

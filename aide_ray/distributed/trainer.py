@@ -5,10 +5,16 @@ creates the label-store actor, builds the Ray Data datasets and the
 ``TorchTrainer`` with Ray's own ScalingConfig / RunConfig / CheckpointConfig /
 FailureConfig, fits it, and ends the run like the local driver does
 (:func:`~aide_ray.engine.report.finish_run`). Tune reuses :func:`build_trainer`.
+
+Every call of :func:`build_trainer` is one training invocation with a fresh run
+token: the label-store actor keeps its restart snapshot under that token and
+ignores the one another invocation left in the run folder (a killed driver's),
+so labels reach a run only from its own work or from the checkpoint it resumes.
 """
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from aide_ray._internal import fs
 from aide_ray.config import Config
 from aide_ray.data.shards import load_dataset_info
-from aide_ray.distributed.backend import FAIL_AT_KEY, train_loop_per_worker
+from aide_ray.distributed.backend import FAIL_AT_KEY, RESTORE_KEY, train_loop_per_worker
 from aide_ray.distributed.data_pipeline import build_datasets
 from aide_ray.distributed.label_actor import create_label_store_actor
 from aide_ray.distributed.runtime import init_ray
@@ -31,8 +37,16 @@ __all__ = ["build_trainer", "run_training"]
 
 
 def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequence[Any] = (),
-                  fail_at: dict[str, Any] | None = None, storage_path: str | None = None):
+                  fail_at: dict[str, Any] | None = None, storage_path: str | None = None,
+                  restore_from: str | Path | None = None, store_fail_at: dict[str, Any] | None = None):
     """A ``TorchTrainer`` for ``cfg`` (its label-store actor is created here too).
+
+    Args:
+        restore_from: the verified checkpoint a resume continues from (the workers
+            restore the newest of it and Ray Train's own that verifies).
+        fail_at, store_fail_at: fault-test hooks: kill one worker once
+            (``FAIL_AT_KEY``), or the label-store actor once while it publishes an
+            epoch (:class:`~aide_ray.distributed.label_actor.DyingLabelStore`).
 
     Returns:
         (trainer, label_store_actor)
@@ -50,14 +64,15 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
     snapshot = None if fs.is_uri(storage) else str(Path(storage) / name / LABEL_STORE_LATEST)
     if snapshot:
         Path(snapshot).parent.mkdir(parents=True, exist_ok=True)
-    store = create_label_store_actor(int(info["num_samples"]), method.label_slots,
-                                     tuple(info["shape"][1:]), snapshot_path=snapshot)
+    store = create_label_store_actor(int(info["num_samples"]), method.label_slots, tuple(info["shape"][1:]),
+                                     snapshot_path=snapshot, run_token=uuid.uuid4().hex, fail_at=store_fail_at)
     loop_config = {
         "config": cfg.to_dict(),
         "dataset_info": info,
         "label_store": store,
         "has_val": has_val,
         "torch_threads": max(1, int(cfg.cpus_per_worker)),
+        RESTORE_KEY: None if restore_from is None else str(restore_from),
     }
     if fail_at:
         loop_config[FAIL_AT_KEY] = fail_at
@@ -87,20 +102,21 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
 
 
 def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict[str, Any] | None = None,
-                 callbacks: Sequence[Any] = ()) -> TrainingOutcome:
+                 callbacks: Sequence[Any] = (), store_fail_at: dict[str, Any] | None = None) -> TrainingOutcome:
     """Train ``cfg`` on Ray to the end and return the run folder and its history.
 
     Args:
-        resume: a run folder to continue (same storage path and name): Ray Train
-            restores its latest checkpoint, labels included.
-        fail_at: test hook, kill one worker once (see ``FAIL_AT_KEY``).
+        resume: a run folder to continue (same storage path and name) from its newest
+            checkpoint that verifies, labels included (:func:`prepare_run` says which).
+        fail_at, store_fail_at: test hooks, see :func:`build_trainer`.
     """
     setup = prepare_run(cfg, resume=resume)
     cfg = setup.cfg
     init_ray(worker_cpus=cfg.workers * cfg.cpus_per_worker)
     if not fs.is_uri(setup.run_dir):
         Path(setup.run_dir).mkdir(parents=True, exist_ok=True)
-    trainer, _store = build_trainer(cfg, setup.shards, cfg.run.name, fail_at=fail_at, callbacks=callbacks)
+    trainer, _store = build_trainer(cfg, setup.shards, cfg.run.name, fail_at=fail_at, callbacks=callbacks,
+                                    restore_from=setup.restore_from, store_fail_at=store_fail_at)
     print(f"Training {cfg.method} on {setup.shards} with {cfg.workers} Ray worker(s); run folder {setup.run_dir}",
           flush=True)
     trainer.fit()

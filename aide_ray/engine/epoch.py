@@ -20,7 +20,7 @@ from torch.optim import Optimizer
 
 from aide_ray.engine.backend import Backend
 from aide_ray.engine.batches import corrected_rows, to_batch
-from aide_ray.engine.relabel import carry_out
+from aide_ray.engine.relabel import Relabelled, carry_out
 from aide_ray.engine.scoring import ScoreResult, case_dice, score_pass, val_pass
 from aide_ray.engine.step import train_one_step
 from aide_ray.labels import LabelCache
@@ -119,7 +119,8 @@ def run_epoch(state: TrainState, backend: Backend, epoch: int, *, keep_panels: b
         ks = [plan.count(n_eligible, int(corrected[target])) for target in plan.targets]
     scored = score_pass(method, state.nets, backend.batches("score", state.batch_size, epoch=epoch), state.cache,
                         backend.device, plan=plan, k_local=max(ks), keep_panels=keep_panels and backend.rank == 0)
-    changed = carry_out(plan, scored.candidates, backend, epoch, ks) if plan is not None else [0] * method.label_slots
+    relabelled = carry_out(plan, scored.candidates, backend, epoch, ks) if plan is not None \
+        else Relabelled.none(method.label_slots)
     _refresh(state.cache, backend)
     val = val_pass(method, state.nets, backend.batches("val", state.batch_size, epoch=epoch), backend.device) \
         if backend.has_val else {}
@@ -127,7 +128,7 @@ def run_epoch(state: TrainState, backend: Backend, epoch: int, *, keep_panels: b
     parts = backend.gather({"dice_sum": scored.dice_sum, "twin_dice_sum": scored.twin_dice_sum,
                             "count": scored.count, "val": val, **trained})
     store_stats = backend.labels.stats()
-    metrics = _metrics_row(method, epoch, parts, changed, store_stats, has_val=backend.has_val)
+    metrics = _metrics_row(method, epoch, parts, relabelled, store_stats, has_val=backend.has_val)
     metrics.update(
         label_update=plan is not None,
         label_version_at_start=version_at_start,
@@ -142,7 +143,7 @@ def run_epoch(state: TrainState, backend: Backend, epoch: int, *, keep_panels: b
     return EpochResult(metrics=metrics, score_rows=[(epoch, *row) for row in scored.score_rows], scored=scored)
 
 
-def _metrics_row(method: Method, epoch: int, parts: list[dict[str, Any]], changed: list[int],
+def _metrics_row(method: Method, epoch: int, parts: list[dict[str, Any]], relabelled: Relabelled,
                  store_stats: dict[str, Any], *, has_val: bool) -> dict[str, Any]:
     """The columns every method shares (docs/architecture.md), from every worker's part."""
     total_steps = max(sum(p["steps"] for p in parts), 1)
@@ -159,7 +160,8 @@ def _metrics_row(method: Method, epoch: int, parts: list[dict[str, Any]], change
     metrics["val_dice"] = case_dice([p["val"] for p in parts]) if has_val else float("nan")
     for slot in range(method.label_slots):
         name = method.net_names[slot]
-        metrics[f"relabelled_{name}"] = int(changed[slot])
+        metrics[f"relabelled_{name}"] = int(relabelled.changed[slot])
+        metrics[f"selected_{name}"] = int(relabelled.selected[slot])
         metrics[f"corrected_{name}"] = int(store_stats["corrected"][slot])
     return metrics
 

@@ -27,10 +27,10 @@ from aide_ray.engine.backend import Backend, Split
 from aide_ray.engine.loop import train_loop
 from aide_ray.engine.report import TrainingOutcome, finish_run, summary_table
 from aide_ray.engine.run_setup import RunSetup, prepare_run
-from aide_ray.exceptions import CheckpointError, ConfigError
+from aide_ray.exceptions import ConfigError
 from aide_ray.labels import LabelStore
 from aide_ray.methods.registry import method_class
-from aide_ray.runs.folder import checkpoint_dirs, checkpoint_metrics, checkpoint_name, latest_checkpoint
+from aide_ray.runs.folder import checkpoint_dirs, checkpoint_metrics, checkpoint_name
 
 __all__ = ["LocalBackend", "train_local", "epoch_rows"]
 
@@ -136,20 +136,16 @@ def train_local(cfg: Config, *, resume: str | Path | None = None) -> TrainingOut
     """Train ``cfg`` in this process (CPU, or one GPU with ``use_gpu``) and return the finished run folder.
 
     Args:
-        resume: a run folder to continue from its latest checkpoint, labels included.
+        resume: a run folder to continue from its newest checkpoint that verifies, labels included.
     """
     setup = prepare_run(cfg, resume=resume)
     if not isinstance(setup.run_dir, Path):
         raise ConfigError(f"run.storage_path: the local backend writes to a local folder, got {setup.run_dir}")
-    restore_from = None
-    if resume is not None:
-        restore_from = latest_checkpoint(setup.run_dir)
-        if restore_from is None:
-            raise CheckpointError(f"--resume {setup.run_dir}: the folder holds no checkpoint to resume from")
     setup.run_dir.mkdir(parents=True, exist_ok=True)
     method = method_class(setup.cfg.method)
     store = LabelStore(int(setup.info["num_samples"]), method.label_slots, tuple(setup.info["shape"][1:]))
-    backend = LocalBackend(setup, store, restore_from=restore_from)
+    # prepare_run chose the newest checkpoint that verifies (resume), or refused a folder with checkpoints.
+    backend = LocalBackend(setup, store, restore_from=setup.restore_from)
     torch.set_num_threads(max(1, int(setup.cfg.cpus_per_worker)))
     print(f"Training {setup.cfg.method} on {setup.shards} in this process ({backend.device}); "
           f"run folder {setup.run_dir}", flush=True)

@@ -92,31 +92,47 @@ class LabelHistory:
         digest.update(idx.tobytes())
         digest.update(lengths.tobytes())
         digest.update(b"".join([e for e in packed if e is not None]))
-        key = digest.digest()
+        return self.apply(digest.digest(), epoch, [(slot, idx, packed, lengths)])
+
+    def apply(self, key: bytes, epoch: int, parts: list[tuple[int, np.ndarray, list, np.ndarray]]) -> tuple[int, bool]:
+        """Apply ``parts`` ((slot, idx, packed, lengths) each, as for :meth:`commit`) as ONE version.
+
+        Args:
+            key: 16 bytes naming the change; a key already applied changes nothing.
+            epoch: epoch of the change, >= 0.
+            parts: one per slot (a slot at most once), arguments checked.
+
+        Returns:
+            (version the key produced, whether it is new).
+        """
         if key in self.commit_versions:
             return self.commit_versions[key], False
+        self.version += 1
+        for slot, idx, packed, lengths in parts:
+            self._set(epoch, slot, idx, packed, lengths)
+        self.commit_versions[key] = self.version
+        return self.version, True
 
+    def _set(self, epoch: int, slot: int, idx: np.ndarray, packed: list[bytes | None], lengths: np.ndarray) -> None:
         old_list = self.entries[slot, idx].tolist()
         changed = np.array([a != b for a, b in zip(old_list, packed)], dtype=bool)
-        self.version += 1
+        if not changed.any():
+            return
         version = self.version
-        if changed.any():
-            ci = idx[changed]
-            new_c = np.empty(ci.size, dtype=object)
-            new_c[:] = [e for e, c in zip(packed, changed.tolist()) if c]
-            old_len = np.array([-1 if e is None else len(e) for e in old_list], dtype=np.int64)[changed]
-            new_len = lengths[changed]
-            self._corrected[slot] += int(np.count_nonzero(new_len >= 0)) - int(np.count_nonzero(old_len >= 0))
-            self._payload_bytes += int(new_len.clip(0).sum()) - int(old_len.clip(0).sum())
-            self.entries[slot, ci] = new_c
-            self.last_changed[slot, ci] = version
-            fresh = self.changed_epoch[slot, ci] != epoch
-            counts = self._epoch_changed.setdefault(epoch, np.zeros(self.table.label_slots, dtype=np.int64))
-            counts[slot] += int(fresh.sum())
-            self.changed_epoch[slot, ci] = epoch
-            self._append_log(version, slot, ci)
-        self.commit_versions[key] = version
-        return version, True
+        ci = idx[changed]
+        new_c = np.empty(ci.size, dtype=object)
+        new_c[:] = [e for e, c in zip(packed, changed.tolist()) if c]
+        old_len = np.array([-1 if e is None else len(e) for e in old_list], dtype=np.int64)[changed]
+        new_len = lengths[changed]
+        self._corrected[slot] += int(np.count_nonzero(new_len >= 0)) - int(np.count_nonzero(old_len >= 0))
+        self._payload_bytes += int(new_len.clip(0).sum()) - int(old_len.clip(0).sum())
+        self.entries[slot, ci] = new_c
+        self.last_changed[slot, ci] = version
+        fresh = self.changed_epoch[slot, ci] != epoch
+        counts = self._epoch_changed.setdefault(epoch, np.zeros(self.table.label_slots, dtype=np.int64))
+        counts[slot] += int(fresh.sum())
+        self.changed_epoch[slot, ci] = epoch
+        self._append_log(version, slot, ci)
 
     def _append_log(self, version: int, slot: int, idx: np.ndarray) -> None:
         self._log.append((version, slot, idx))

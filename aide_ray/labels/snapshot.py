@@ -4,8 +4,11 @@ A snapshot holds a store's labels, version and statistics (not its candidate
 reports); checkpoints carry one, and a store with a ``snapshot_path`` rewrites
 its own after every commit so that a restarted Ray actor reloads it. Candidate
 reports and selections of the epoch in progress are kept beside it, one small
-NPZ each, in ``<snapshot_path>.pending/``. Every file is plain NPZ
-(``np.load(..., allow_pickle=False)`` reads it) and is written atomically.
+NPZ each, in ``<snapshot_path>.pending/``, and so are the corrections staged for
+an epoch until it is published. A restart snapshot names the training run that
+wrote it (its run token), so that a new run never adopts another run's labels.
+Every file is plain NPZ (``np.load(..., allow_pickle=False)`` reads it) and is
+written atomically.
 
 This file is its own module because it is the on-disk format: it knows nothing
 of how the store computes its state (:class:`SnapshotState` is the contract),
@@ -32,12 +35,15 @@ __all__ = [
     "write_snapshot",
     "read_geometry",
     "read_snapshot",
+    "read_run_token",
     "pending_dir",
     "write_pending",
     "remove_pending",
     "read_pending",
+    "read_staged",
     "Reports",
     "Selections",
+    "Staged",
 ]
 
 #: Version of the snapshot layout written by :func:`write_snapshot`.
@@ -61,12 +67,15 @@ _SNAPSHOT_KEYS = (
     "commit_versions",
     "lineage",
 )
-_PENDING_RE = re.compile(r"^(report|select)-e(\d+)-s(\d+)(?:-[0-9a-f]+)?\.npz$")
+_PENDING_RE = re.compile(r"^(report|select|stage)-e(\d+)-s(\d+)(?:-[0-9a-f]+)?\.npz$")
+PENDING_KINDS = ("report", "select", "stage")
 
 # (epoch, slot) -> {report digest: (sample_index (n,) int64, scores (n,) float32)}
 Reports = dict[tuple[int, int], dict[bytes, tuple[np.ndarray, np.ndarray]]]
 # (epoch, slot) -> (k, selection (m,) int64)
 Selections = dict[tuple[int, int], tuple[int, np.ndarray]]
+# epoch -> {stage digest: (slot, sample_index (n,) int64, n entries (bytes, or None: back to the source))}
+Staged = dict[int, dict[bytes, tuple[int, np.ndarray, list]]]
 
 
 @dataclasses.dataclass
@@ -84,6 +93,7 @@ class SnapshotState:
         epoch_changed: {epoch: (S,) int64 labels changed in that epoch}.
         commit_versions: {16-byte commit digest: version that commit produced}.
         lineage: 16 bytes naming the store's history.
+        run_token: the training run that wrote the snapshot ("" when unknown).
     """
 
     num_samples: int
@@ -98,6 +108,7 @@ class SnapshotState:
     epoch_changed: dict[int, np.ndarray]
     commit_versions: dict[bytes, int]
     lineage: bytes
+    run_token: str = ""
 
 
 def _write_npz(file: BinaryIO, arrays: dict[str, np.ndarray | bytes]) -> None:
@@ -167,6 +178,7 @@ def write_snapshot(file: BinaryIO, state: SnapshotState) -> None:
         "commit_keys": np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), 16),
         "commit_versions": np.array([state.commit_versions[k] for k in keys], dtype=np.int64),
         "lineage": np.frombuffer(state.lineage, dtype=np.uint8),
+        "run_token": np.array(state.run_token),
     }
     _write_npz(file, arrays)
 
@@ -206,6 +218,8 @@ def read_snapshot(file: Any, where: str, geometry: tuple[int, int, tuple[int, in
                 raise CheckpointError(f"{where} is not a label-store snapshot: missing {missing}")
             arrays = {k: npz[k] for k in _SNAPSHOT_KEYS if k != "entry_data"}
             data = _read_npz_bytes(npz, "entry_data")
+            # Optional: snapshots written before run tokens existed have none.
+            token = str(npz["run_token"]) if "run_token.npy" in npz.zip.namelist() else ""
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise CheckpointError(f"{where} is not a readable label-store snapshot: {e}") from e
     if int(arrays["format"]) != SNAPSHOT_FORMAT:
@@ -232,7 +246,17 @@ def read_snapshot(file: Any, where: str, geometry: tuple[int, int, tuple[int, in
         epoch_changed={int(e): row.astype(np.int64) for e, row in zip(arrays["stat_epochs"], arrays["stat_changed"])},
         commit_versions={bytes(k): int(v) for k, v in zip(arrays["commit_keys"], arrays["commit_versions"].tolist())},
         lineage=arrays["lineage"].tobytes(),
+        run_token=token,
     )
+
+
+def read_run_token(path: Path) -> str | None:
+    """The run token of a snapshot file ("" when it has none), or None when the file is unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return str(npz["run_token"]) if "run_token.npy" in npz.zip.namelist() else ""
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 # --------------------------------------------------------------------------- pending reports
@@ -250,13 +274,14 @@ def write_pending(directory: Path, name: str, arrays: dict[str, np.ndarray]) -> 
         _write_npz(f, arrays)
 
 
-def remove_pending(directory: Path, keep_from_epoch: int | None) -> None:
-    """Delete the pending files of epochs < ``keep_from_epoch`` (all of them when None)."""
+def remove_pending(directory: Path, keep_from_epoch: int | None,
+                   kinds: tuple[str, ...] = PENDING_KINDS) -> None:
+    """Delete the pending files of ``kinds`` of epochs < ``keep_from_epoch`` (all epochs when None)."""
     if not directory.is_dir():
         return
     for path in directory.iterdir():
         match = _PENDING_RE.match(path.name)
-        if match and (keep_from_epoch is None or int(match.group(2)) < keep_from_epoch):
+        if match and match.group(1) in kinds and (keep_from_epoch is None or int(match.group(2)) < keep_from_epoch):
             path.unlink(missing_ok=True)
 
 
@@ -276,8 +301,9 @@ def read_pending(directory: Path) -> tuple[Reports, Selections]:
     if not directory.is_dir():
         return reports, selections
     for path in sorted(directory.iterdir()):
-        if not _PENDING_RE.match(path.name):
-            continue  # temp files of an interrupted write
+        match = _PENDING_RE.match(path.name)
+        if not match or match.group(1) == "stage":
+            continue  # temp files of an interrupted write; staged rows (read_staged)
         try:
             with np.load(path, allow_pickle=False) as npz:
                 key = (int(npz["epoch"]), int(npz["slot"]))
@@ -292,3 +318,29 @@ def read_pending(directory: Path) -> tuple[Reports, Selections]:
     for key in selections:
         reports.pop(key, None)
     return reports, selections
+
+
+def read_staged(directory: Path) -> Staged:
+    """The corrections staged in ``directory`` (``stage-e<epoch>-s<slot>-<digest>.npz``), by epoch and digest.
+
+    Raises:
+        CheckpointError: if a staged file is unreadable.
+    """
+    staged: Staged = {}
+    if not directory.is_dir():
+        return staged
+    for path in sorted(directory.glob("stage-*.npz")):
+        if not _PENDING_RE.match(path.name):
+            continue
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                lengths = npz["entry_length"].astype(np.int64)
+                data = _read_npz_bytes(npz, "entry_data")
+                epoch, slot = int(npz["epoch"]), int(npz["slot"])
+                index = npz["sample_index"].astype(np.int64)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+            raise CheckpointError(f"{path} is not a readable staged correction: {e}") from e
+        ends = np.cumsum(lengths.clip(0)).tolist()
+        packed = [None if n < 0 else data[end - n:end] for n, end in zip(lengths.tolist(), ends)]
+        staged.setdefault(epoch, {})[bytes.fromhex(path.stem.rsplit("-", 1)[1])] = (slot, index, packed)
+    return staged

@@ -13,9 +13,11 @@ the source label, as one entry of :mod:`aide_ray.labels.codec`; it never needs
 the source labels except at commit, since readers XOR the entry back onto the
 source they already have. This file is the store's public face, its own module
 because it is what callers and the Ray actor see: it checks every argument,
-makes each call idempotent and durable (snapshot after each commit), and
-delegates the work to its parts, none of which needs Ray: the candidate
-selection (:mod:`~aide_ray.labels.selection`), the versioned labels
+makes each call idempotent and durable (snapshot after each publication), and
+delegates the work to its parts, none of which needs Ray: its state and
+snapshots (:mod:`~aide_ray.labels.durable`), the candidate
+selection (:mod:`~aide_ray.labels.selection`), the staged corrections
+(:mod:`~aide_ray.labels.staging`), the versioned labels
 (:mod:`~aide_ray.labels.history`), the entry table shared with the worker cache
 (:mod:`~aide_ray.labels.cache`) and the file format (:mod:`~aide_ray.labels.snapshot`).
 See docs/label_store.md for the format, versioning and restart semantics.
@@ -23,24 +25,19 @@ See docs/label_store.md for the format, versioning and restart semantics.
 
 from __future__ import annotations
 
-import io
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from aide_ray._internal.io import atomic_file
-from aide_ray.labels.cache import EntryTable, LabelDelta, check_indices, check_int
+from aide_ray.labels.cache import LabelDelta, check_indices, check_int
 from aide_ray.labels.codec import check_masks, encode_differences, entry_lengths
-from aide_ray.labels.history import LabelHistory
-from aide_ray.labels.selection import CandidateBoard
-from aide_ray.labels.snapshot import pending_dir, read_geometry, read_snapshot, write_snapshot
+from aide_ray.labels.durable import DurableLabels
+from aide_ray.labels.staging import publish_key
 
 __all__ = ["LabelStore"]
 
 
-class LabelStore:
+class LabelStore(DurableLabels):
     """Global, versioned store of AIDE's corrected labels (one per job, as a Ray actor).
 
     Responsibilities:
@@ -48,7 +45,9 @@ class LabelStore:
     * gather workers' local lowest-k (sample, Dice) candidates and answer the
       global lowest-k (:meth:`report_candidates`, :meth:`select`);
     * keep, per label slot and sample, the current label where it differs from
-      the source, and revert entries whose label returns to the source (:meth:`commit`);
+      the source, and revert entries whose label returns to the source;
+    * take an epoch's corrections from every worker (:meth:`stage`) and apply
+      them all as one version, or none (:meth:`publish`); :meth:`commit` writes at once;
     * version every commit and hand out only the changes a reader lacks (:meth:`changes_since`);
     * count label changes per epoch and slot (:meth:`stats`);
     * snapshot to NPZ (for checkpoints and actor restarts).
@@ -62,55 +61,17 @@ class LabelStore:
         shape: (H, W) of every label.
         snapshot_path: when set, a snapshot written there is loaded now (this is
             how a restarted actor recovers), every commit rewrites it atomically,
-            and pending candidate reports and selections are kept next to it in
-            ``<snapshot_path>.pending/``.
+            and pending candidate reports, selections and staged rows are kept
+            next to it in ``<snapshot_path>.pending/``.
+        run_token: the training run this store serves. With a token, the snapshot
+            at ``snapshot_path`` (and its pending files) is loaded only if that run
+            wrote it; another run's is ignored with a printed message and replaced
+            by this store's empty one. None loads any snapshot (tools, tests).
 
     Raises:
-        CheckpointError: if the snapshot at ``snapshot_path`` is unreadable or
-            was made for another N, S or shape.
+        CheckpointError: if this run's snapshot at ``snapshot_path`` is unreadable
+            or was made for another N, S or shape.
     """
-
-    def __init__(
-        self,
-        num_samples: int,
-        label_slots: int,
-        shape: tuple[int, int],
-        snapshot_path: str | os.PathLike | None = None,
-    ) -> None:
-        self._table = EntryTable(num_samples, label_slots, shape)
-        self.num_samples = self._table.num_samples
-        self.label_slots = self._table.label_slots
-        self.shape = self._table.shape
-        # The labels and their versions, counters and commit keys (what a snapshot holds).
-        self._history = LabelHistory(self._table)
-        # Candidate reports per (epoch, slot) until selected; selections cached.
-        self._candidates = CandidateBoard()
-        self.snapshot_path = snapshot_path
-        if self.snapshot_path is not None:
-            if self.snapshot_path.exists():
-                self._history.restore(read_snapshot(self.snapshot_path, str(self.snapshot_path), self._geometry))
-            self._candidates.load()
-
-    # ----------------------------------------------------------------- state
-
-    @property
-    def snapshot_path(self) -> Path | None:
-        """Where every commit writes the snapshot (None: nowhere); pending reports go beside it."""
-        return self._snapshot_path
-
-    @snapshot_path.setter
-    def snapshot_path(self, path: str | os.PathLike | None) -> None:
-        self._snapshot_path = None if path is None else Path(path)
-        self._candidates.pending = None if self._snapshot_path is None else pending_dir(self._snapshot_path)
-
-    @property
-    def version(self) -> int:
-        """Current version: 0 when empty, +1 per commit."""
-        return self._history.version
-
-    @property
-    def _geometry(self) -> tuple[int, int, tuple[int, int]]:
-        return self.num_samples, self.label_slots, self.shape
 
     # ----------------------------------------------------------------- selection
 
@@ -234,6 +195,71 @@ class LabelStore:
             self.save_snapshot(self.snapshot_path)
         return version
 
+    def stage(self, epoch: int, slot: int, sample_index: np.ndarray, packed: Sequence[bytes | None]) -> int:
+        """Stage one worker's corrections of ``epoch`` for ``slot``; :meth:`publish` applies them.
+
+        Idempotent: the same content staged again (a retried call) is kept once.
+        With a ``snapshot_path`` it is written to the pending folder before the
+        call returns, so a restarted store still holds it.
+
+        Args:
+            epoch: epoch >= 0.
+            slot: label slot in [0, label_slots) that receives the labels.
+            sample_index: (n,) distinct integer sample indices.
+            packed: n entries from :func:`encode_differences`; ``None`` reverts to the source.
+
+        Returns:
+            n, the rows staged by this call.
+        """
+        epoch = check_int(epoch, "epoch", 0)
+        slot = self._table.check_slot(slot)
+        idx = check_indices(sample_index, self.num_samples)
+        packed = list(packed)
+        if len(packed) != idx.size:
+            raise ValueError(f"packed must hold {idx.size} entries (one per sample_index), got {len(packed)}")
+        self._staged.stage(epoch, slot, idx, packed, entry_lengths(packed))
+        return int(idx.size)
+
+    def publish(self, epoch: int, expected: dict[int, int]) -> int:
+        """Apply every row staged for ``epoch`` as ONE new version, or nothing.
+
+        The rows staged per slot must number exactly ``expected[slot]`` (the
+        workers' own counts, gathered; a slot left out expects 0), else nothing
+        is applied. Idempotent: a retry (after an actor restart too) returns the
+        version of the first call. The snapshot is written before the epoch's
+        staged files are dropped.
+
+        Args:
+            epoch: epoch >= 0.
+            expected: slot -> rows the workers staged for it.
+
+        Returns:
+            The version that holds the epoch's corrections.
+
+        Raises:
+            ValueError: staged rows differ from ``expected`` (a staging call was
+                lost), or a sample was staged twice for one slot.
+        """
+        epoch = check_int(epoch, "epoch", 0)
+        key = publish_key(epoch)
+        if key not in self._history.commit_versions:
+            rows = self._staged.rows(epoch, self.label_slots)
+            for slot in range(self.label_slots):
+                want, got = int(expected.get(slot, 0)), int(rows[slot][0].size)
+                if want != got:
+                    raise ValueError(f"publish(epoch={epoch}): slot {slot} must have {want} staged rows (the "
+                                     f"workers' count), got {got}; nothing of the epoch was applied")
+            parts = [(slot, idx, packed, entry_lengths(packed)) for slot, (idx, packed) in rows.items() if idx.size]
+            self._history.apply(key, epoch, parts)
+            self._before_publish_is_written(epoch)
+            if self.snapshot_path is not None:
+                self.save_snapshot(self.snapshot_path)
+        self._staged.prune(epoch)
+        return self._history.commit_versions[key]
+
+    def _before_publish_is_written(self, epoch: int) -> None:
+        """Called between applying a publication in memory and writing it (the fault tests' kill point)."""
+
     # ----------------------------------------------------------------- reading
 
     def changes_since(self, version: int) -> LabelDelta:
@@ -272,64 +298,3 @@ class LabelStore:
     def memory_bytes(self) -> int:
         """Estimated bytes held by the labels: entries (with CPython object headers) and index arrays."""
         return self._history.memory_bytes()
-
-    # ----------------------------------------------------------------- snapshots (format: labels/snapshot.py)
-
-    def snapshot_bytes(self) -> bytes:
-        """The labels, version and statistics as NPZ bytes (no pickle).
-
-        Candidate reports and selections are not included: they belong to an
-        epoch in progress, not to a checkpoint.
-        """
-        buf = io.BytesIO()
-        write_snapshot(buf, self._history.state())
-        return buf.getvalue()
-
-    def save_snapshot(self, path: str | os.PathLike) -> None:
-        """Write :meth:`snapshot_bytes` to ``path`` atomically (temp file + rename)."""
-        with atomic_file(path) as tmp, open(tmp, "wb") as f:
-            write_snapshot(f, self._history.state())
-
-    def load_snapshot(self, path: str | os.PathLike) -> None:
-        """Replace this store's labels, version and statistics by a snapshot file.
-
-        Used to restore a checkpoint into a running store (or actor). Pending
-        reports and selections are dropped, and when ``snapshot_path`` is set the
-        restored state is written there so that a restart keeps it.
-
-        Raises:
-            CheckpointError: if the file is unreadable or made for another N, S or shape.
-        """
-        path = Path(path)
-        self._history.restore(read_snapshot(path, str(path), self._geometry))
-        self._after_restore()
-
-    def load_snapshot_bytes(self, data: bytes) -> None:
-        """Like :meth:`load_snapshot`, from :meth:`snapshot_bytes` output."""
-        self._history.restore(read_snapshot(io.BytesIO(data), "snapshot bytes", self._geometry))
-        self._after_restore()
-
-    @classmethod
-    def from_snapshot_bytes(cls, data: bytes, snapshot_path: str | os.PathLike | None = None) -> LabelStore:
-        """A new store holding exactly the labels, version and statistics of ``data``."""
-        num_samples, label_slots, shape = read_geometry(io.BytesIO(data), "snapshot bytes")
-        store = cls(num_samples, label_slots, shape)
-        store._history.restore(read_snapshot(io.BytesIO(data), "snapshot bytes", store._geometry))
-        store._history.lineage = os.urandom(16)  # a new history starts from the snapshot
-        store.snapshot_path = snapshot_path
-        if store.snapshot_path is not None:
-            store._after_restore()
-        return store
-
-    @classmethod
-    def from_snapshot_file(cls, path: str | os.PathLike) -> LabelStore:
-        """A new store (without snapshot_path) holding the snapshot in ``path``."""
-        return cls.from_snapshot_bytes(Path(path).read_bytes())
-
-    def _after_restore(self) -> None:
-        # From here on the history differs from the snapshot's original store;
-        # the epoch in progress (reports, answers, their files) is forgotten.
-        self._history.lineage = os.urandom(16)
-        self._candidates.prune(None)
-        if self.snapshot_path is not None:
-            self.save_snapshot(self.snapshot_path)

@@ -52,6 +52,10 @@ class AideOptions(Section):
     twin_flips: bool = False  # each net trains on its own random flips of the batch (twins that differ)
     correct_where_agree: bool = False  # a correction writes only the pixels where both nets agree
     max_corrected_share: float = 1.0  # corrections stop at this share of the eligible labels per net
+    # Ablation switches (docs/results.md): each removes one of AIDE's parts.
+    correct_labels: bool = True  # false: no global label correction
+    crossed_selection: bool = True  # false: each net picks its own small-loss rows instead of its twin's
+    identical_twins: bool = False  # true: both nets start from the same weights
 
     def __post_init__(self) -> None:
         self._in_range("update_ratio", 0.0, 1.0, lo_open=True)
@@ -164,6 +168,7 @@ def aide_losses(
     consistency_weight: float,
     small_loss_fraction: float,
     net_names: tuple[str, str] = ("net1", "net2"),
+    crossed: bool = True,
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """AIDE's per-net losses for one batch, given the nets' logits and pseudo-labels (pure function).
 
@@ -182,6 +187,7 @@ def aide_losses(
         consistency_weight: lambda.
         small_loss_fraction: share of the labelled rows each twin selects.
         net_names: the pair, in label-slot order.
+        crossed: the twin's loss picks a net's small-loss rows (AIDE); False: the net's own (ablation).
 
     Returns:
         losses: net name -> scalar loss.
@@ -194,7 +200,8 @@ def aide_losses(
     losses, selected = {}, {}
     for name in net_names:
         twin = twin_of(name, net_names)
-        selected[name] = small_loss_selection(seg[twin].detach(), small_loss_fraction, labelled)
+        ranker = twin if crossed else name
+        selected[name] = small_loss_selection(seg[ranker].detach(), small_loss_fraction, labelled)
         con = None
         if pseudo is not None:
             con = consistency_loss_per_sample(torch.softmax(logits[name], dim=1), pseudo[twin])
@@ -230,6 +237,13 @@ class Aide(Method):
     eval_nets = ("net1", "net2")
     label_slots = 2
     uses_unlabelled = True
+
+    def build_nets(self) -> dict[str, nn.Module]:
+        """Two U-Nets from their own random initialisation (or, as an ablation, the same one)."""
+        nets = super().build_nets()
+        if self.options.identical_twins:
+            nets["net2"].load_state_dict(nets["net1"].state_dict())
+        return nets
 
     def _logits(self, net: nn.Module, image: Tensor) -> Tensor:
         """The net's logits in the batch's frame; with ``twin_flips`` computed on its own random view."""
@@ -274,7 +288,7 @@ class Aide(Method):
             }
         losses, selected = aide_losses(
             logits, batch.labels, labelled, pseudo, ramp=ramp, consistency_weight=cfg.consistency_weight,
-            small_loss_fraction=cfg.small_loss_fraction, net_names=names,
+            small_loss_fraction=cfg.small_loss_fraction, net_names=names, crossed=cfg.crossed_selection,
         )
         metrics = {f"loss_{name}": float(losses[name].detach()) for name in names}
         metrics["ramp"] = ramp
@@ -297,7 +311,8 @@ class Aide(Method):
         """Crossed relabelling of the worst-fitting share R after the warm-up/every-N epochs of the AIDE stage."""
         opts = self.options
         stage_epoch = epoch - opts.supervised_epochs
-        if stage_epoch < 0 or not should_update(stage_epoch, opts.warmup_epochs, opts.update_every):
+        if not opts.correct_labels or stage_epoch < 0 or \
+                not should_update(stage_epoch, opts.warmup_epochs, opts.update_every):
             return None
         return CorrectionPlan(ratio=opts.update_ratio, targets=(1, 0), correct_hq=opts.correct_hq,
                               largest_component=opts.largest_component, where_agree=opts.correct_where_agree,

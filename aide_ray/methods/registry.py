@@ -24,7 +24,15 @@ _METHODS: dict[str, str] = {
     "gce": "aide_ray.methods.gce:Gce",
     "nrdice": "aide_ray.methods.nrdice:NrDice",
     "meanteacher": "aide_ray.methods.meanteacher:MeanTeacher",
+    "entmin": "aide_ray.methods.entmin:EntMin",
+    "uamt": "aide_ray.methods.uamt:Uamt",
+    "urpc": "aide_ray.methods.urpc:Urpc",
+    "cct": "aide_ray.methods.cct:Cct",
     "cps": "aide_ray.methods.cps:Cps",
+    "mae": "aide_ray.methods.mae:Mae",
+    "clslsr": "aide_ray.methods.clslsr:ClSlsr",
+    "trinet": "aide_ray.methods.trinet:TriNet",
+    "dast": "aide_ray.methods.dast:Dast",
 }
 
 METHOD_NAMES: frozenset[str] = frozenset(_METHODS)

@@ -27,6 +27,11 @@ class ModelConfig(Section):
     # net, else its first inference net; the reference code starts both AIDE nets from one
     # pretrained network), or NET=PATH pairs separated by commas, e.g. "net1=runs/a,net2=runs/b".
     init_from: str = ""
+    # 1x1 heads on the decoder's three coarser stages, read by a method through
+    # net(x, pyramid=True) (URPC's pyramid; the urpc method builds its net with them whatever
+    # this says). net(x), inference and every other method see the main logits only; a
+    # method that never reads the heads leaves them untrained, and DDP rejects such parameters.
+    deep_supervision: bool = False
 
     def __post_init__(self) -> None:
         self._in_range("base_width", 1, 1024)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["UNet2D", "MultiModalUNet2D", "ConvBNReLU", "ConvBlock", "DEPTH_FACTOR"]
+__all__ = ["UNet2D", "MultiModalUNet2D", "UNetDecoder", "ConvBNReLU", "ConvBlock", "DEPTH_FACTOR"]
 
 # Four 2x2 poolings: input height and width must be multiples of 2**4.
 DEPTH_FACTOR = 16
@@ -98,11 +98,30 @@ class _UpStage(nn.Module):
         return self.block(torch.cat([self.up_conv(x), skip], dim=1))
 
 
-class _Decoder(nn.Module):
-    """Four up-stages from the (fused) bottleneck to full resolution, then a 1x1 conv to the classes."""
+class UNetDecoder(nn.Module):
+    """Four up-stages from the (fused) bottleneck to full resolution, then a 1x1 conv to the classes.
 
-    def __init__(self, skip_channels: Sequence[int], widths: Sequence[int], num_classes: int) -> None:
+    With ``deep_supervision`` it also has a 1x1 head (``aux_heads``) on each of the three
+    coarser stages, levels 3, 2 and 1 (1/8, 1/4 and 1/2 of the input size), whose logits
+    ``forward(features, pyramid=True)`` returns upsampled to full size (URPC's pyramid);
+    without it the module and its state dict are the plain decoder's. Public so that a
+    method can build more decoders for the same encoder (CCT's auxiliary decoders).
+
+    Args:
+        skip_channels: channels of the encoder features at each of the five levels
+            (summed over the streams of a multi-modal net).
+        widths: decoder channels at each level.
+        num_classes: C.
+        deep_supervision: add the auxiliary heads.
+    """
+
+    def __init__(self, skip_channels: Sequence[int], widths: Sequence[int], num_classes: int,
+                 deep_supervision: bool = False) -> None:
         super().__init__()
+        self.skip_channels = tuple(skip_channels)
+        self.widths = tuple(widths)
+        self.num_classes = num_classes
+        self.deep_supervision = deep_supervision
         # Stage i goes from level i+1 to level i (deepest first at run time).
         stages = []
         for level in range(len(widths) - 2, -1, -1):
@@ -110,13 +129,36 @@ class _Decoder(nn.Module):
             stages.append(_UpStage(in_ch, skip_channels[level], widths[level]))
         self.stages = nn.ModuleList(stages)
         self.head = nn.Conv2d(widths[0], num_classes, 1)
+        if deep_supervision:
+            # One head per stage output but the last (level 0 has ``head``), deepest first like the stages.
+            self.aux_heads = nn.ModuleList(nn.Conv2d(widths[level], num_classes, 1)
+                                           for level in range(len(widths) - 2, 0, -1))
 
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
+    def forward(self, features: Sequence[Tensor], pyramid: bool = False) -> Tensor | list[Tensor]:
+        """Logits (B, C, H, W) from the encoder features (finest first); with ``pyramid``, the list
+        ``[level 0 (the same main logits), level 1, level 2, level 3]``, each (B, C, H, W), the
+        coarser ones bilinearly upsampled.
+
+        Raises:
+            ValueError: ``pyramid`` on a decoder built without ``deep_supervision``.
+        """
+        if pyramid and not self.deep_supervision:
+            raise ValueError("pyramid outputs need a network built with deep supervision "
+                             "(model.deep_supervision=true), got one without")
         x = features[-1]
-        for stage, skip in zip(self.stages, reversed(features[:-1])):
+        coarse = []
+        for i, (stage, skip) in enumerate(zip(self.stages, reversed(features[:-1]))):
             x = stage(x, skip)
+            if pyramid and i < len(self.stages) - 1:
+                coarse.append(x)
         # Contiguous NCHW logits, whatever layout the activations used.
-        return self.head(x).contiguous()
+        main = self.head(x).contiguous()
+        if not pyramid:
+            return main
+        size = main.shape[-2:]
+        aux = [F.interpolate(head(out), size=size, mode="bilinear", align_corners=False).contiguous()
+               for head, out in zip(self.aux_heads, coarse)]
+        return [main, *reversed(aux)]
 
 
 def _check_input(x: Tensor, in_channels: int, name: str) -> None:
@@ -145,10 +187,13 @@ class UNet2D(nn.Module):
         in_channels: channels of the input image.
         num_classes: output classes C, including the background.
         base_width: channels of the first level; levels have base_width * (1, 2, 4, 8, 16).
+        deep_supervision: auxiliary heads on the decoder's coarser stages, read with
+            ``net(x, pyramid=True)`` (see :class:`UNetDecoder`); ``net(x)`` is unchanged.
 
     Shapes:
         input (B, in_channels, H, W) float32 with H, W divisible by 16;
-        output (B, C, H, W) float32 logits (no softmax, see the module docstring).
+        output (B, C, H, W) float32 logits (no softmax, see the module docstring);
+        with ``pyramid=True`` a list of four such logits, the first the same as without.
 
     Raises:
         ValueError: in ``forward``, on a wrong channel count or H, W not divisible by 16.
@@ -159,17 +204,24 @@ class UNet2D(nn.Module):
         torch.Size([2, 2, 32, 32])
     """
 
-    def __init__(self, in_channels: int, num_classes: int, base_width: int = 16) -> None:
+    def __init__(self, in_channels: int, num_classes: int, base_width: int = 16,
+                 deep_supervision: bool = False) -> None:
         super().__init__()
         widths = _widths(base_width)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.encoder = _Encoder(in_channels, widths)
-        self.decoder = _Decoder(widths, widths, num_classes)
+        self.decoder = UNetDecoder(widths, widths, num_classes, deep_supervision)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The features the decoder reads, finest first: five (B, widths[l], H / 2^l, W / 2^l)."""
         _check_input(x, self.in_channels, type(self).__name__)
-        return self.decoder(self.encoder(x))
+        return self.encoder(x)
+
+    def forward(self, x: Tensor, pyramid: bool = False) -> Tensor | list[Tensor]:
+        # A keyword of forward rather than a second method: a DDP wrapper only synchronises
+        # gradients of passes that go through its own __call__.
+        return self.decoder(self.encode(x), pyramid=pyramid)
 
 
 class MultiModalUNet2D(nn.Module):
@@ -183,15 +235,18 @@ class MultiModalUNet2D(nn.Module):
         num_modalities: M, input channels, one per modality.
         num_classes: output classes C, including the background.
         base_width: per-stream channels of the first level (levels: x1, 2, 4, 8, 16).
+        deep_supervision: auxiliary decoder heads, as :class:`UNet2D`.
 
     Shapes:
-        input (B, M, H, W) float32 with H, W divisible by 16; output (B, C, H, W) logits.
+        input (B, M, H, W) float32 with H, W divisible by 16; output (B, C, H, W) logits
+        (with ``pyramid=True`` a list of four, as :class:`UNet2D`).
 
     Raises:
         ValueError: in ``forward``, on a wrong channel count or H, W not divisible by 16.
     """
 
-    def __init__(self, num_modalities: int, num_classes: int, base_width: int = 16) -> None:
+    def __init__(self, num_modalities: int, num_classes: int, base_width: int = 16,
+                 deep_supervision: bool = False) -> None:
         super().__init__()
         if num_modalities < 1:
             raise ValueError(f"num_modalities must be >= 1, got {num_modalities}")
@@ -199,11 +254,14 @@ class MultiModalUNet2D(nn.Module):
         self.in_channels = num_modalities
         self.num_classes = num_classes
         self.encoders = nn.ModuleList(_Encoder(1, widths) for _ in range(num_modalities))
-        self.decoder = _Decoder([w * num_modalities for w in widths], widths, num_classes)
+        self.decoder = UNetDecoder([w * num_modalities for w in widths], widths, num_classes, deep_supervision)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """The fused features the decoder reads, finest first: five (B, M * widths[l], H / 2^l, W / 2^l)."""
         _check_input(x, self.in_channels, type(self).__name__)
         streams = [enc(x[:, m : m + 1]) for m, enc in enumerate(self.encoders)]
-        fused = [torch.cat(level, dim=1) for level in zip(*streams)]
-        return self.decoder(fused)
+        return [torch.cat(level, dim=1) for level in zip(*streams)]
+
+    def forward(self, x: Tensor, pyramid: bool = False) -> Tensor | list[Tensor]:
+        return self.decoder(self.encode(x), pyramid=pyramid)
 

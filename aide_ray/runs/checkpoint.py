@@ -8,19 +8,23 @@ ingest record, so that prediction repeats the exact preprocessing),
 ``label_store.npz`` (the label store's snapshot at that epoch) and
 ``files.json``, written last: the size and SHA-256 of every other file. A
 folder whose files do not match ``files.json`` (a truncated copy, a crash
-while writing) is never loaded. ``state.pt`` holds only tensors and plain
-containers, so it loads with ``torch.load(..., weights_only=True)``: no
-user-supplied pickle is ever unpickled.
+while writing) is never loaded: :func:`choose_checkpoint` resumes a run from
+its newest checkpoint that verifies and says which newer ones it skipped, and
+why. ``state.pt`` holds only tensors and plain containers, so it loads with
+``torch.load(..., weights_only=True)``: no user-supplied pickle is ever unpickled.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,10 +32,11 @@ from aide_ray.config import Config, from_dict
 from aide_ray.exceptions import CheckpointError
 from aide_ray.methods.registry import create_method
 from aide_ray.nn.modules import unwrap
-from aide_ray.runs.folder import (BEST_POINTER, CHECKPOINT_PREFIX, DATASET_FILE, FILES_MANIFEST,
-                                  LABEL_STORE_FILE, METRICS_FILE, STATE_FILE)
+from aide_ray.runs.folder import (BEST_POINTER, CHECKPOINT_PREFIX, DATASET_FILE, FILES_MANIFEST, LABEL_STORE_FILE,
+                                  METRICS_FILE, STATE_FILE, checkpoint_dirs)
 
-__all__ = ["FORMAT", "LoadedCheckpoint", "save_checkpoint", "seal_checkpoint", "verify_checkpoint", "load_state", "load_checkpoint",
+__all__ = ["FORMAT", "LoadedCheckpoint", "CheckpointChoice", "save_checkpoint", "seal_checkpoint",
+           "verify_checkpoint", "choose_checkpoint", "newest_valid_checkpoint", "load_state", "load_checkpoint",
            "resolve_checkpoint", "init_nets_from"]
 
 FORMAT = "aide_ray/1"
@@ -57,6 +62,21 @@ class LoadedCheckpoint:
     dataset_info: dict[str, Any]
     epoch: int
     path: Path
+
+
+@dataclass(frozen=True)
+class CheckpointChoice:
+    """The checkpoint to resume from: the newest that verifies, and the newer ones skipped.
+
+    Attributes:
+        path: the chosen checkpoint folder, None when none verifies (or there is none).
+        epoch: the 0-based epoch it was taken after (-1 without one).
+        skipped: (folder, reason) of every newer checkpoint that did not verify, newest first.
+    """
+
+    path: Path | None
+    epoch: int
+    skipped: tuple[tuple[Path, str], ...] = ()
 
 
 def _sha256(path: Path) -> str:
@@ -102,6 +122,8 @@ def save_checkpoint(
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
         "schedulers": {name: sch.state_dict() for name, sch in schedulers.items()},
         "metrics": {k: v for k, v in plain_metrics.items() if isinstance(v, float)},
+        # The label store's version in label_store.npz (files.json ties the two files together).
+        "label_store_version": _snapshot_version(label_store_snapshot),
     }
     torch.save(state, folder / STATE_FILE)
     if label_store_snapshot is not None:
@@ -147,6 +169,45 @@ def verify_checkpoint(folder: str | Path) -> None:
             raise CheckpointError(f"{path} has {size} bytes, {expected['bytes']} were written: truncated or changed")
         if _sha256(path) != expected["sha256"]:
             raise CheckpointError(f"{path} does not match the SHA-256 recorded when it was written")
+
+
+def _snapshot_version(snapshot: bytes | None) -> int:
+    if snapshot is None:
+        return -1
+    with np.load(io.BytesIO(snapshot), allow_pickle=False) as npz:
+        return int(npz["version"])
+
+
+def _epoch_of(folder: Path) -> int:
+    """The epoch a verified checkpoint was taken after (``metrics.json``, else ``state.pt``)."""
+    try:
+        return int(json.loads((folder / METRICS_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(load_state(folder, verify=False)["epoch"])
+
+
+def choose_checkpoint(candidates: Iterable[str | os.PathLike]) -> CheckpointChoice:
+    """The newest of ``candidates`` (local checkpoint folders) that verifies against its ``files.json``.
+
+    Checkpoint folder names sort in time order (``checkpoint_<time>``, as Ray Train
+    and the local backend name them), so the newest is tried first; each one that
+    fails (truncated, changed, never finished) is skipped with its reason.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for folder in sorted({Path(c) for c in candidates}, key=lambda p: p.name, reverse=True):
+        try:
+            verify_checkpoint(folder)
+            epoch = _epoch_of(folder)
+        except CheckpointError as e:
+            skipped.append((folder, str(e)))
+            continue
+        return CheckpointChoice(path=folder, epoch=epoch, skipped=tuple(skipped))
+    return CheckpointChoice(path=None, epoch=-1, skipped=tuple(skipped))
+
+
+def newest_valid_checkpoint(run_dir: str | os.PathLike) -> CheckpointChoice:
+    """:func:`choose_checkpoint` among the checkpoint folders of a local run folder."""
+    return choose_checkpoint(checkpoint_dirs(run_dir))
 
 
 def load_state(folder: str | Path, *, verify: bool = True) -> dict[str, Any]:

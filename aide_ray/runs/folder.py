@@ -33,7 +33,7 @@ __all__ = [
     "CONFIG_FILE", "HISTORY_FILE", "SCORES_FILE", "SAMPLES_FILE", "LABEL_STORE_FILE", "BEST_POINTER",
     "LABEL_STORE_LATEST", "STATE_FILE", "DATASET_FILE", "METRICS_FILE", "FILES_MANIFEST", "FIGURES_DIR",
     "CHECKPOINT_PREFIX", "ARTIFACTS", "checkpoint_name", "checkpoint_dirs", "checkpoint_metrics", "best_checkpoint",
-    "latest_checkpoint", "copy_artifacts", "write_best_pointer",
+    "latest_checkpoint", "looks_complete", "copy_artifacts", "write_best_pointer",
 ]
 
 CONFIG_FILE = "config.yaml"
@@ -99,13 +99,32 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> str | None:
     return dirs[-1] if dirs else None
 
 
+def looks_complete(checkpoint: str | os.PathLike) -> bool:
+    """Whether a local checkpoint's files have the sizes its ``files.json`` records (no hashing; URIs: True).
+
+    The cheap half of :func:`aide_ray.runs.checkpoint.verify_checkpoint`, for ranking:
+    a truncated or unfinished checkpoint is never named best.
+    """
+    if fs.is_uri(checkpoint):
+        return True
+    folder = Path(checkpoint)
+    try:
+        files = json.loads((folder / FILES_MANIFEST).read_text())["files"]
+        return all((folder / name).stat().st_size == int(entry["bytes"]) for name, entry in files.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
 def best_checkpoint(run_dir: str | os.PathLike, metric: str) -> str | None:
     """The checkpoint with the highest finite ``metric`` (the earliest on ties), or None.
 
-    Both backends pick the best checkpoint with this one rule.
+    Both backends pick the best checkpoint with this one rule; checkpoints that are
+    truncated or unfinished (:func:`looks_complete`) are passed over.
     """
     best, best_value = None, -math.inf
     for checkpoint in checkpoint_dirs(run_dir):
+        if not looks_complete(checkpoint):
+            continue
         value = checkpoint_metrics(checkpoint).get(metric)
         if value is not None and math.isfinite(value) and value > best_value:
             best, best_value = checkpoint, value

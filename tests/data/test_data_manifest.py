@@ -86,3 +86,22 @@ def test_write_manifest_relative_round_trip(tiny_case, tmp_path):
     assert raw.loc[0, "image"] == "img0.nii.gz"
     again = read_manifest(out)
     pd.testing.assert_frame_equal(again, df)
+
+
+def test_unknown_columns_warn_with_the_closest_known_column(tiny_case):
+    path = tiny_case()
+    df = pd.read_csv(path)
+    df["lable_kind"] = "hq"  # a typo beside the real column: silently ignored before
+    df["notes"] = "x"
+    df["noise_protocol"] = "pymic-jsrt"  # our own record columns are known
+    df.to_csv(path, index=False)
+    with pytest.warns(UserWarning) as caught:
+        out = read_manifest(path)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert "column 'lable_kind' is not a manifest column and is never read; did you mean 'label_kind'?" in messages[0]
+    assert "column 'notes' is not a manifest column" in messages[1] and "known columns: case_id" in messages[1]
+    assert list(out["lable_kind"]) == ["hq", "hq"]  # still kept
+    df.drop(columns=["label_kind"]).to_csv(path, index=False)
+    with pytest.raises(InputError, match="missing required column 'label_kind' \\('lable_kind' looks like a typo"):
+        read_manifest(path)

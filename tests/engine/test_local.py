@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,7 +20,7 @@ from aide_ray.labels import LabelStore
 from aide_ray.methods.aide import Aide
 from aide_ray.methods.correction import CorrectionPlan
 from aide_ray.runs.checkpoint import init_nets_from, load_checkpoint
-from aide_ray.runs.folder import LABEL_STORE_FILE, checkpoint_dirs
+from aide_ray.runs.folder import FILES_MANIFEST, LABEL_STORE_FILE, STATE_FILE, checkpoint_dirs
 
 
 def _cfg(shards, storage, name, *extra):
@@ -72,11 +74,12 @@ def test_carry_out_writes_crossed_winners_and_skips_empty_predictions(tiny_shard
     candidates = [LowestK(2), LowestK(2)]
     candidates[0].add(np.arange(4), np.array([0.1, 0.0, 0.9, 0.8]), pred0, source)
     candidates[1].add(np.arange(4), np.array([0.9, 0.8, 0.2, 0.1]), pred1, source)
-    changed = carry_out(CorrectionPlan(ratio=0.5, targets=(1, 0)), candidates, backend, epoch=0, ks=[2, 2])
+    done = carry_out(CorrectionPlan(ratio=0.5, targets=(1, 0)), candidates, backend, epoch=0, ks=[2, 2])
     # net1 (slot 0) picks samples 0, 1 -> written into slot 1, except the empty prediction of sample 1;
     # net2 (slot 1) picks samples 2, 3 -> written into slot 0.
-    assert changed == [2, 1]
+    assert done.changed == [2, 1] and done.selected == [2, 2]
     assert store.stats()["corrected"] == [2, 1]
+    assert store.version == 1  # the epoch's corrections are one version
     current0 = store.current(0, np.arange(4), source)
     current1 = store.current(1, np.arange(4), source)
     assert current0.reshape(4, -1).any(1).tolist() == [False, False, True, True]
@@ -111,6 +114,44 @@ def test_resume_without_a_checkpoint_fails(tiny_shards, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="holds no checkpoint to resume from"):
         train_local(_cfg(tiny_shards, tmp_path, "x", "epochs=1"), resume=tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="--resume must be a run folder, got .*absent: no such folder"):
+        train_local(_cfg(tiny_shards, tmp_path, "x", "epochs=1"), resume=tmp_path / "absent")
+
+
+def test_resume_skips_a_truncated_checkpoint_and_refuses_what_cannot_apply(tiny_shards, tmp_path, capsys):
+    """Resume continues from the newest checkpoint that verifies and says so; a new run into the
+    folder, a setting the checkpoint cannot take, or only broken checkpoints fail in one line."""
+    cfg = _cfg(tiny_shards, tmp_path, "run", "epochs=2", "run.checkpoints_to_keep=2", "aide.update_every=100")
+    outcome = train_local(cfg)
+    first, latest = (Path(p) for p in checkpoint_dirs(outcome.run_dir))
+    state = latest / STATE_FILE
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a copy cut short
+    capsys.readouterr()
+
+    with pytest.raises(ConfigError, match=r"run.name must name a new run folder, got 'run': .* already holds 2 "
+                                          r"checkpoint\(s\); continue it with --resume .* or choose another run.name"):
+        train_local(cfg.replace(epochs=3))
+    with pytest.raises(ConfigError, match=r"--resume: model.base_width is 4 in the run's checkpoint, 8 now; "
+                                          r"a checkpoint cannot change it"):
+        train_local(cfg.replace(epochs=3, **{"model.base_width": 8}), resume=outcome.run_dir)
+    with pytest.raises(ConfigError, match=r"epochs must be more than the 1 epoch\(s\) of .* to resume it, got 1"):
+        train_local(cfg.replace(epochs=1), resume=outcome.run_dir)
+    capsys.readouterr()
+
+    resumed = train_local(cfg.replace(epochs=3), resume=outcome.run_dir)
+    out = capsys.readouterr().out
+    assert f"skipped {latest}: {state} has " in out and "truncated or changed" in out
+    assert f"Resuming from {first} (epoch 1 done)" in out
+    # Epoch 1 is trained again from the first checkpoint, never loaded from the truncated one.
+    assert list(resumed.history["epoch"]) == [0, 1, 2]
+    pd.testing.assert_frame_equal(resumed.history.iloc[:1], outcome.history.iloc[:1], check_dtype=False)
+    assert Path(resumed.best_checkpoint) != latest  # never named best either
+
+    for folder in checkpoint_dirs(outcome.run_dir):
+        (Path(folder) / FILES_MANIFEST).unlink()
+    with pytest.raises(CheckpointError, match=r"none of its \d checkpoint\(s\) verifies, so there is nothing to "
+                                              r"resume from; newest checkpoint_.*files.json is missing"):
+        train_local(cfg.replace(epochs=4), resume=outcome.run_dir)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")

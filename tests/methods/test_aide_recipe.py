@@ -105,3 +105,30 @@ def test_two_stage_run_switches_optimisers_and_records_twin_agreement(tiny_shard
     assert history["label_update"].tolist() == [False, False, True, False]
     assert (history["relabelled_net1"] + history["relabelled_net2"]).iloc[:2].sum() == 0
     assert history["twin_dice"].between(0, 1).all()
+
+
+def test_ablation_switches():
+    assert all(_aide("aide.correct_labels=false").correction_plan(e) is None for e in range(5))
+    twins = _aide("aide.identical_twins=true").build_nets()
+    for a, b in zip(twins["net1"].state_dict().values(), twins["net2"].state_dict().values()):
+        assert torch.equal(a, b)
+    distinct = _aide().build_nets()
+    assert not all(torch.equal(a, b) for a, b in zip(distinct["net1"].parameters(), distinct["net2"].parameters()))
+
+
+def test_self_selection_ranks_a_nets_rows_by_its_own_loss():
+    from aide_ray.methods.aide import aide_losses
+
+    labels = torch.zeros(4, 2, 4, 4, dtype=torch.int64)
+    labels[:, :, :2] = 1
+    good = torch.stack([1 - labels[:, 0].float(), labels[:, 0].float()], 1) * 8  # fits every row
+    bad = good.clone()
+    bad[:2] = -bad[:2]  # rows 0, 1 fit badly
+    logits = {"net1": good, "net2": bad}
+    labelled = torch.ones(4, dtype=torch.bool)
+    _, crossed = aide_losses(logits, labels, labelled, None, ramp=0.0, consistency_weight=0.0,
+                             small_loss_fraction=0.5)
+    _, own = aide_losses(logits, labels, labelled, None, ramp=0.0, consistency_weight=0.0,
+                         small_loss_fraction=0.5, crossed=False)
+    assert crossed["net1"].tolist() == [False, False, True, True]  # net2's small-loss rows
+    assert own["net2"].tolist() == [False, False, True, True] and own["net1"].tolist() == [True, True, False, False]
