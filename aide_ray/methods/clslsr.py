@@ -204,10 +204,12 @@ class ClSlsr(Method):
     joint's off-diagonal membership (no calibration or pruning). PyMIC's
     ``SLSRLoss`` is CE alone with a uniform smoothing of the flagged pixels,
     ``(y - 0.5)(0.5 - eps)/0.5 + 0.5`` (1 - eps / eps for C = 2; its eps 0.25 is our
-    ``epsilon=0.5, smoothing=uniform``); we add L_seg's soft Dice on the trusted pixels,
-    and default to the paper's *spatial* smoothing, the label blurred over the
-    flagged pixel's neighbourhood. PyMIC also hard-codes 256 x 256 images when
-    saving the masks, and does not register CL-SLSR among its NLL agents.
+    ``epsilon=0.5, smoothing=uniform``); we add L_seg's soft Dice on the trusted
+    pixels, and by default smooth *spatially*: our reading of the paper's SLSR
+    mixes a flagged pixel's label with its neighbourhood's (a Gaussian blur of
+    the label), where PyMIC mixes it with the uniform distribution. PyMIC also
+    hard-codes 256 x 256 images when saving the masks, and does not register
+    CL-SLSR among its NLL agents (``NLLMethodDict``).
     """
 
     Options: ClassVar[type] = ClSlsrOptions

@@ -99,23 +99,25 @@ def noisiness_score(logits_clean: Tensor, logits_noisy: Tensor, target: Tensor, 
 
 def rank_noisy_rows(scores: Tensor, history: Tensor, severe_ratio: float,
                     slight_ratio: float) -> tuple[Tensor, Tensor]:
-    """Severely and slightly noisy rows by the rank of their score among recent scores.
+    """Severely and slightly noisy rows by the rank of their score among the M recent scores.
 
-    A score's rank is the share of ``history`` (which holds it) strictly
-    below it: severe when that share is at least ``1 - severe_ratio`` (the top
-    ``severe_ratio``), slight when it is below ``slight_ratio`` (the bottom);
-    never both.
+    Severe: fewer than ``severe_ratio * M`` of ``history`` lie strictly above
+    the score (it is among the top ``severe_ratio``); slight: fewer than
+    ``slight_ratio * M`` lie strictly below it (the bottom); never both
+    (severe wins a tie).
 
     Args:
         scores: (N,) this batch's noisiness scores.
         history: (M,) recent scores, this batch's included.
-        severe_ratio, slight_ratio: in [0, 1].
+        severe_ratio, slight_ratio: in [0, 1]; 0 selects none.
     Returns:
         ``(severe, slight)``, two (N,) bool.
     """
-    below = (history.view(1, -1) < scores.view(-1, 1)).sum(dim=1).to(torch.float64) / max(history.numel(), 1)
-    severe = (below >= 1.0 - severe_ratio) if severe_ratio > 0 else torch.zeros_like(below, dtype=torch.bool)
-    slight = (below < slight_ratio) & ~severe
+    m = history.numel()
+    above = (history.view(1, -1) > scores.view(-1, 1)).sum(dim=1)
+    below = (history.view(1, -1) < scores.view(-1, 1)).sum(dim=1)
+    severe = above < severe_ratio * m
+    slight = (below < slight_ratio * m) & ~severe
     return severe, slight
 
 
@@ -171,13 +173,15 @@ class Dast(Method):
     ramp ``w = sigmoid_rampup(epoch, dast.ramp_epochs)``:
 
         s_i     = mean_pixels CE(p_clean, y) exp(-gamma D(p_clean, p_noisy))          noisy rows
-        rank_i  = share of the last ``queue_length`` scores (s_i among them) below s_i
-        severe  = rank_i >= 1 - severe_ratio,   slight = rank_i < slight_ratio
+        H       = the last M = ``queue_length`` scores of noisy rows (s_i among them)
+        severe  = |{h in H : h > s_i}| < severe_ratio M,   slight = |{h in H : h < s_i}| < slight_ratio M
         loss    = mean_clean L_seg(clean) + mean_{noisy, not severe} L_seg(noisy)
                 + w * consistency_weight * mean_severe [KL(sg p_c || p_n) + KL(sg p_n || p_c)] / 2
-                + w * supplement_weight * mean_slight mean_{c,pixels} |p_c - sharpen((e_argmax p_c + e_argmax p_n + e_y) / 3, T)|
+                + w * supplement_weight * mean_slight mean_{c,pixels} |p_c - r|
+        r       = sharpen((onehot(argmax p_c) + onehot(argmax p_n) + onehot(y)) / 3, T)
 
-    D is the symmetric KL. Until ``queue_length`` scores have been seen (per
+    D is the symmetric KL of PyMIC's ``ConsistLoss`` (which it calls
+    ``js_distance``). Until ``queue_length`` scores have been seen (per
     worker; the queue is not checkpointed, a resumed run refills it) no row is
     ranked, and every noisy row is supervised. The clean branch is the
     evaluated net.
@@ -191,9 +195,11 @@ class Dast(Method):
     selective training. PyMIC ranks severity by the noisy branch's weighted CE
     and slightness by the clean branch's, and applies either only when the
     clean branch's is the smaller of the two; we use the one score (the clean
-    branch's) for both. PyMIC averages the two supervised losses (``/ 2``),
-    draws clean and noisy rows from two loaders (every batch has both; ours
-    mix as the data do), ramps over iterations, and uses a dual-decoder net
+    branch's) for both. While PyMIC's queue fills, its rank is -1, which counts
+    as slightly noisy; ours ranks nothing until the queue is full. PyMIC
+    averages the two supervised losses (``/ 2``), draws clean and noisy rows
+    from two loaders (every batch has both; ours mix as the data do), ramps
+    over iterations, and uses a dual-decoder net
     with a shared encoder (``UNet2D_DualBranch``, averaging the branches at
     inference by default); ours are two separate U-Nets and the clean branch
     is evaluated. The refined label, its L1 loss, gamma = 16, T = 0.5 and the

@@ -15,7 +15,6 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aide_ray.eval.dice import dice
 from aide_ray.methods.aide import small_loss_selection
 from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.methods.coteaching import forget_rate
@@ -34,13 +33,11 @@ class TriNetOptions(Section):
     level: str = "pixel"  # select pixels (per-pixel CE, the paper and PyMIC) or samples (L_seg)
     forget_rate: float = 0.2  # final share each peer drops as large-loss
     ramp_epochs: int = 10  # the forget rate grows linearly to its final value over these epochs
-    min_peer_dice: float = 0.5  # level=sample: peers agree on a sample when their predictions' Dice >= this
 
     def __post_init__(self) -> None:
         self._one_of("level", _LEVELS)
         self._in_range("forget_rate", 0.0, 1.0, hi_open=True)
         self._in_range("ramp_epochs", 0, None)
-        self._in_range("min_peer_dice", 0.0, 1.0)
 
 
 def _peers(i: int) -> tuple[int, int]:
@@ -83,9 +80,11 @@ class TriNet(Method):
 
     Reference: T. Zhang, L. Yu, N. Hu, S. Lv, S. Gu, "Robust medical image
     segmentation from non-expert annotations with tri-network", MICCAI 2020:
-    three nets, "each pair of networks selects informative samples for the
-    third according to the consensus ... between their predictions", trained
-    jointly.
+    three nets trained jointly, where "each pair of networks alternatively
+    select informative samples for the third network learning, according to
+    the consensus and difference between their predictions" (abstract). We
+    implement the consensus (the peers' predictions agree) on top of
+    co-teaching's small-loss selection by both peers.
 
     At 0-based ``epoch``, with ``keep = 1 - forget_rate(epoch)``
     (:func:`aide_ray.methods.coteaching.forget_rate`, linear to
@@ -98,8 +97,13 @@ class TriNet(Method):
     * ``trinet.level=pixel`` (default): l = per-pixel CE; every pixel of the
       batch's labelled rows is ranked together (as co-teaching's pixel level);
       ``agree(j, k)``: the peers' argmax labels are equal at the pixel.
-    * ``trinet.level=sample``: l = L_seg per labelled row; ``agree(j, k)``: the
-      Dice of the peers' hard predictions is at least ``trinet.min_peer_dice``.
+    * ``trinet.level=sample``: l = L_seg per labelled row ranks the rows
+      (``M_i = S_j & S_k``), and net i's loss on a selected row is L_seg over
+      the row's pixels where the peers' argmax agree
+      (``segmentation_loss_per_sample(..., pixel_mask=agree(j, k))``). A
+      whole-sample agreement test (say, a Dice threshold between the peers'
+      masks) would fail for every sample of freshly initialised nets, and
+      nothing would ever train.
 
     All three nets form the eval ensemble. PyMIC: ``NLLTriNet``,
     ``pymic/net_run/noisy_label/nll_trinet.py``, selects pixels only, with
@@ -126,18 +130,19 @@ class TriNet(Method):
         target = batch.labels[:, 0]
         labelled = batch.labelled.bool()
         preds = [lo.detach().argmax(dim=1) for lo in logits]
+        agree = [preds[j] == preds[k] for j, k in map(_peers, range(3))]  # (B, H, W) per net
         if cfg.level == "pixel":
             losses = tuple(F.cross_entropy(lo, target, reduction="none").flatten() for lo in logits)
             candidates = labelled.view(-1, 1, 1).expand_as(target).flatten()
-            agree = tuple(preds[j].flatten() == preds[k].flatten() for j, k in map(_peers, range(3)))
+            masks, _ = trinet_masks(losses, tuple(a.flatten() for a in agree), candidates,  # type: ignore[arg-type]
+                                    1.0 - rate)
+            per_net = [_masked_mean(loss, mask) for loss, mask in zip(losses, masks)]
         else:
             losses = tuple(segmentation_loss_per_sample(lo, target) for lo in logits)
             candidates = labelled
-            # The one Dice of aide_ray (eval/dice.py): foreground, mean over classes, 1 where both are empty.
-            agree = tuple(dice(preds[j], preds[k], logits[0].shape[1]) >= cfg.min_peer_dice
-                          for j, k in map(_peers, range(3)))
-        masks, _ = trinet_masks(losses, agree, candidates, 1.0 - rate)  # type: ignore[arg-type]
-        per_net = [_masked_mean(loss, mask) for loss, mask in zip(losses, masks)]
+            masks, _ = trinet_masks(losses, (candidates,) * 3, candidates, 1.0 - rate)  # type: ignore[arg-type]
+            per_net = [_masked_mean(segmentation_loss_per_sample(lo, target, pixel_mask=a), mask)
+                       for lo, a, mask in zip(logits, agree, masks)]
         n = candidates.sum().clamp_min(1)
         metrics: dict[str, float] = {"forget_rate": rate}
         for name, loss, mask in zip(NET_NAMES, per_net, masks):

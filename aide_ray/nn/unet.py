@@ -12,6 +12,9 @@ two (3x3 conv, batch norm, ReLU) with 2x2 max-pooling between them, a decoder
 of four stages (bilinear x2 upsampling, a 3x3 conv, concatenation with the
 encoder skip, a block) and a 1x1 conv to the classes. The multi-modal net
 fuses the per-modality encoder features by concatenation at every level.
+Both expose ``encode`` (the features the decoder reads) and, with
+``deep_supervision``, a pyramid of auxiliary logits (``net(x, pyramid=True)``)
+for the methods that need them (URPC); ``net(x)`` is the same either way.
 """
 
 from __future__ import annotations

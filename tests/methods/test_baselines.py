@@ -374,7 +374,16 @@ def test_cps_pseudo_weight_is_ramped():
     ("gce", []),
     ("nrdice", []),
     ("meanteacher", ["meanteacher.ramp_epochs=0"]),
+    ("entmin", ["entmin.ramp_epochs=0"]),
+    ("uamt", ["uamt.ramp_epochs=0", "uamt.num_passes=2"]),
+    ("urpc", ["urpc.ramp_epochs=0"]),
+    ("cct", ["cct.ramp_epochs=0"]),
     ("cps", ["cps.ramp_epochs=0"]),
+    ("mae", []),
+    ("clslsr", ["clslsr.warmup_epochs=1"]),
+    ("trinet", ["trinet.ramp_epochs=0"]),
+    ("trinet", ["trinet.ramp_epochs=0", "trinet.level=sample"]),
+    ("dast", ["dast.ramp_epochs=0", "dast.queue_length=4"]),
 ])
 def test_trains_end_to_end_on_the_local_backend(method, overrides, tiny_shards, tiny_semi_shards, tmp_path):
     semi = method_class(method).uses_unlabelled

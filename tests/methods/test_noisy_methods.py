@@ -230,45 +230,56 @@ def test_trinet_masks_need_both_peers_small_loss_and_agreement():
 
 def test_trinet_pixel_level_trains_each_net_where_its_peers_agree():
     target = _target(2)
-    left = torch.zeros(2, SIZE, SIZE, dtype=torch.bool)
-    left[:, :, : SIZE // 2] = True
+    cols = torch.arange(SIZE).view(1, 1, SIZE).expand(2, SIZE, SIZE)
+    regions = (cols < 3, (cols >= 3) & (cols < 6), cols >= 6)  # A, B, C
     g = torch.Generator().manual_seed(4)
     conf = 1.0 + torch.rand(2, SIZE, SIZE, generator=g)
-    # net1 is right everywhere; net2 right on the left half only; net3 wrong on the left half only:
-    # net1's peers (2, 3) agree nowhere on the left and everywhere on the right, and so on.
-    nets = {"net1": FixedLogits(_logits(target, conf)),
-            "net2": FixedLogits(_logits(torch.where(left, target, 1 - target), conf)),
-            "net3": FixedLogits(_logits(torch.where(left, 1 - target, target), conf))}
+    # net i is wrong on region i only, so its two peers agree exactly there (both right) and
+    # disagree elsewhere (one of them wrong): each net learns where the other two outvote it.
+    nets = {f"net{i + 1}": FixedLogits(_logits(torch.where(region, 1 - target, target), conf))
+            for i, region in enumerate(regions)}
     method = TriNet.from_config(_cfg("trinet", "trinet.forget_rate=0.5", "trinet.ramp_epochs=2"), 1)
     out = method.train_step(nets, _batch(target), epoch=0)  # forget rate 0 at epoch 0: agreement alone
     ce = {k: F.cross_entropy(v.logits, target, reduction="none") for k, v in nets.items()}
-    expected = ce["net1"][~left].mean() + ce["net2"][left].mean() + ce["net3"][~left].mean()
+    expected = sum(ce[f"net{i + 1}"][region].mean() for i, region in enumerate(regions))
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert out.metrics["selected_net1"] == 0.5 and out.metrics["forget_rate"] == 0.0
+    assert out.metrics["selected_net1"] == 3 / 8 and out.metrics["selected_net3"] == 2 / 8
+    assert out.metrics["forget_rate"] == 0.0
     out.loss.backward()
     ref = FixedLogits(nets["net1"].logits)
-    F.cross_entropy(ref(None), target, reduction="none")[~left].mean().backward()
+    F.cross_entropy(ref(None), target, reduction="none")[regions[0]].mean().backward()
     torch.testing.assert_close(nets["net1"].scale.grad, ref.scale.grad)
-    # At the full forget rate each peer also drops its large-loss half: fewer pixels remain.
+    # At the full forget rate each peer also drops its large-loss half: the peers' own mistakes
+    # (large CE) go first, and fewer of the agreed pixels remain.
     later = method.train_step(nets, _batch(target), epoch=2)
-    assert later.metrics["forget_rate"] == 0.5 and later.metrics["selected_net1"] < 0.5
+    assert later.metrics["forget_rate"] == 0.5 and 0 < later.metrics["selected_net1"] < 3 / 8
 
 
-def test_trinet_sample_level_uses_peer_dice_agreement():
+def test_trinet_sample_level_selects_rows_and_counts_the_peers_agreed_pixels():
     target = _target(4)
-    empty = torch.zeros_like(target)
     same = torch.tensor([True, True, False, False]).view(4, 1, 1)
     nets = {"net1": FixedLogits(_logits(target)),
-            "net2": FixedLogits(_logits(torch.where(same, target, empty))),
+            "net2": FixedLogits(_logits(torch.where(same, target, torch.zeros_like(target)))),
             "net3": FixedLogits(_logits(target))}
     method = TriNet.from_config(_cfg("trinet", "trinet.level=sample", "trinet.ramp_epochs=0",
                                      "trinet.forget_rate=0.0"), 1)
     out = method.train_step(nets, _batch(target), epoch=0)
-    seg = {k: segmentation_loss_per_sample(v.logits, target) for k, v in nets.items()}
-    # net3's peers (net1, net2) disagree on rows 2, 3 (Dice 0); net1's and net2's peers always agree.
-    expected = seg["net1"].mean() + seg["net2"].mean() + seg["net3"][:2].mean()
+    # net2 predicts nothing on rows 2, 3: there the peers of net1 (net2, net3) and of net3 (net1, net2)
+    # agree on the background only; net2's peers (net1, net3) agree everywhere.
+    agreed = torch.where(same, torch.ones_like(target, dtype=torch.bool), target == 0)
+    seg = {k: segmentation_loss_per_sample(v.logits, target, pixel_mask=agreed) for k, v in nets.items()}
+    full2 = segmentation_loss_per_sample(nets["net2"].logits, target)
+    expected = seg["net1"].mean() + full2.mean() + seg["net3"].mean()
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert out.metrics["selected_net3"] == 0.5 and out.metrics["selected_net1"] == 1.0
+    assert seg["net1"][2] != pytest.approx(segmentation_loss_per_sample(nets["net1"].logits, target)[2].item())
+    assert out.metrics["selected_net1"] == 1.0
+    # Forgetting half: net2 drops rows 2, 3 (its large losses), so no net trains on them.
+    method = TriNet.from_config(_cfg("trinet", "trinet.level=sample", "trinet.ramp_epochs=0",
+                                     "trinet.forget_rate=0.5"), 1)
+    half = method.train_step(nets, _batch(target), epoch=0)
+    assert [half.metrics[f"selected_net{i}"] for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
+    expected = sum(segmentation_loss_per_sample(nets[k].logits[:2], target[:2]).mean() for k in nets)
+    assert half.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_trinet_options_are_checked():
@@ -303,6 +314,9 @@ def test_rank_noisy_rows_by_recent_scores():
     assert slight.tolist() == [False, True, False, False, True]
     none, _ = rank_noisy_rows(torch.tensor([9.0]), history, 0.0, 0.2)
     assert not none.any()
+    # A short queue still has a top and a bottom: with M = 4, 0.2 * M < 1 picks the extreme scores.
+    severe, slight = rank_noisy_rows(torch.tensor([3.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 2.0, 3.0]), 0.2, 0.2)
+    assert severe.tolist() == [True, False, False] and slight.tolist() == [False, True, False]
 
 
 def test_dast_drops_severe_labels_and_supplements_the_clean_branch_with_slight_ones():

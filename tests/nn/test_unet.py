@@ -75,3 +75,36 @@ def test_eval_no_grad_folding_matches_plain_batch_norm():
     with torch.no_grad():
         folded = net(x)
     assert torch.allclose(reference, folded, atol=1e-4)
+
+
+def test_deep_supervision_adds_heads_only_and_keeps_the_main_output():
+    torch.manual_seed(1)
+    plain = UNet2D(1, 3, base_width=4)
+    torch.manual_seed(1)
+    deep = UNet2D(1, 3, base_width=4, deep_supervision=True)
+    extra = [k for k in deep.state_dict() if k not in plain.state_dict()]
+    assert list(plain.state_dict()) == [k for k in deep.state_dict() if k not in extra]
+    assert extra and all(k.startswith("decoder.aux_heads.") for k in extra)
+    x = torch.randn(2, 1, 32, 32)
+    levels = deep(x, pyramid=True)
+    assert len(levels) == 4 and all(t.shape == (2, 3, 32, 32) and t.is_contiguous() for t in levels)
+    assert torch.equal(deep(x), levels[0]) and torch.equal(deep(x), plain(x))
+    with pytest.raises(ValueError, match="model.deep_supervision=true"):
+        plain(x, pyramid=True)
+
+
+def test_encode_then_decode_is_forward():
+    torch.manual_seed(2)
+    for net, x in ((UNet2D(1, 2, base_width=4), torch.randn(2, 1, 32, 32)),
+                   (MultiModalUNet2D(2, 2, base_width=4, deep_supervision=True), torch.randn(2, 2, 32, 32))):
+        features = net.encode(x)
+        assert [f.shape[-1] for f in features] == [32, 16, 8, 4, 2]
+        assert torch.equal(net.decoder(features), net(x))
+    assert len(MultiModalUNet2D(2, 2, 4, deep_supervision=True)(torch.randn(1, 2, 32, 32), pyramid=True)) == 4
+
+
+def test_build_model_reads_deep_supervision():
+    cfg = load_config(None, ["model.base_width=4", "model.deep_supervision=true"])
+    assert len(build_model(cfg.model, 1)(torch.randn(1, 1, 32, 32), pyramid=True)) == 4
+    default = load_config(None, ["model.base_width=4"]).model
+    assert not default.deep_supervision and not hasattr(build_model(default, 2).decoder, "aux_heads")
