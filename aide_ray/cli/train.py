@@ -9,8 +9,10 @@ take (``model.base_width``, ``method``, other shards) fails before any Ray work.
 from __future__ import annotations
 
 import argparse
+import os
 
 from aide_ray.config import demo_config, load_config
+from aide_ray.distributed.console import RAY_DATA_LOGGING_CONFIG
 from aide_ray.engine.run_setup import resume_config
 
 __all__ = ["add_arguments", "run"]
@@ -24,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", choices=("ray", "local"), default="ray",
                         help="ray: Ray Data + Ray Train workers (default; embedded Ray unless RAY_ADDRESS is set); "
                              "local: this process, CPU or one GPU, no Ray")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show Ray's own progress bars, dataset execution lines and INFO logs")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="dotted config overrides, e.g. aide.temperature=0.3 epochs=10")
 
@@ -39,7 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
         train_local(cfg, resume=args.resume)
     else:
+        if not args.verbose:
+            # Before Ray Data is imported: it reads its logging configuration once, at import.
+            os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(RAY_DATA_LOGGING_CONFIG))
         from aide_ray.distributed.trainer import run_training  # noqa: PLC0415  (imports Ray)
 
-        run_training(cfg, resume=args.resume)
+        run_training(cfg, resume=args.resume, verbose=args.verbose)
     return 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -33,6 +34,7 @@ from ray.train.torch import get_device, prepare_model
 from torch import nn
 
 from aide_ray.config import Config, from_dict
+from aide_ray.distributed.console import quiet_loggers
 from aide_ray.distributed.data_pipeline import shuffle_buffer_rows
 from aide_ray.engine.backend import Backend, Split
 from aide_ray.engine.loop import train_loop
@@ -89,6 +91,11 @@ class RayBackend(Backend):
         return self._shards[split].iter_batches(
             batch_size=batch_size, batch_format="numpy", drop_last=train, prefetch_batches=1,
             local_shuffle_buffer_size=shuffle_buffer_rows(batch_size) if train and self._shuffle else None)
+
+    def announce(self, line: str) -> None:
+        # Ray Train patches print() in its workers to log through its logger, which its console handler
+        # and Ray's own capture of stdout then show twice; the process's real stdout shows it once.
+        print(line, file=sys.__stdout__, flush=True)
 
     def gather(self, obj: Any) -> list[Any]:
         if self.world_size == 1:
@@ -168,5 +175,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """
     torch.set_num_threads(int(loop_config["torch_threads"]))
     cfg = from_dict(loop_config["config"], source="train_loop_config")
+    quiet_loggers(bool(loop_config.get("verbose", False)))
     backend = RayBackend(loop_config, cfg)
     train_loop(cfg, loop_config["dataset_info"], backend, verbose=backend.rank == 0)

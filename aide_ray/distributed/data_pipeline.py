@@ -22,6 +22,7 @@ import) because Ray ships them to worker processes by reference.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import ray
@@ -51,7 +52,19 @@ def shuffle_buffer_rows(batch_size: int) -> int:
 
 
 def _decoded(ds, max_retries: int, batch_size: int = 64):
-    return ds.map_batches(decode_batch, batch_format="numpy", batch_size=batch_size, max_retries=max_retries)
+    return _map(ds, decode_batch, max_retries, batch_size=batch_size)
+
+
+def _map(ds, fn, max_retries: int, **kwargs):
+    """``ds.map_batches(fn)`` in numpy format with ``max_retries`` task retries.
+
+    A worker that dies inside a Ray Data task is otherwise retried forever. Ray 2.60
+    takes ``max_retries`` only as a remote argument and warns that this form goes
+    away in 2.64; the warning asks nothing of our users, so it is not shown.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        return ds.map_batches(fn, batch_format="numpy", max_retries=max_retries, **kwargs)
 
 
 def decoded_bytes(shape: tuple[int, int, int] | list[int], rows: int) -> int:
@@ -117,9 +130,9 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
         train = labelled.union(pool)
     if shuffle:
         train = train.randomize_block_order()
-    train = train.map_batches(flip_augment if flip else no_flip, batch_format="numpy", max_retries=max_retries)
-    datasets = {"train": train, "score": labelled.map_batches(no_flip, batch_format="numpy", max_retries=max_retries)}
+    train = _map(train, flip_augment if flip else no_flip, max_retries)
+    datasets = {"train": train, "score": _map(labelled, no_flip, max_retries)}
     if validate:
         val = decoded(val_split, "label_kind != 'none'", n_val)
-        datasets["val"] = val.map_batches(no_flip, batch_format="numpy", max_retries=max_retries)
+        datasets["val"] = _map(val, no_flip, max_retries)
     return datasets

@@ -36,6 +36,8 @@ import threading
 import time
 from pathlib import Path
 
+from aide_ray.distributed.console import QUIET_WORKER_ENV
+
 __all__ = ["init_ray", "embedded_cpus", "started_embedded", "start_watcher", "WORKER_ENV", "WATCH_INTERVAL_S"]
 
 # Environment of every Ray worker process of an embedded Ray.
@@ -57,7 +59,7 @@ def started_embedded() -> bool:
 
 
 def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard: bool = True,
-             log_to_driver: bool = True, temp_dir: str | None = None) -> bool:
+             log_to_driver: bool = True, temp_dir: str | None = None, quiet: bool = True) -> bool:
     """Join the cluster named by ``RAY_ADDRESS``, else start an embedded local Ray; no-op if Ray is up.
 
     Args:
@@ -67,6 +69,8 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
             polls the state API it hosts; without it the driver log fills with retries.
         log_to_driver: forward the workers' output to this process.
         temp_dir: Ray's session folder (tests use a private one).
+        quiet: Ray's workers keep the console to the epoch lines and warnings
+            (:mod:`aide_ray.distributed.console`); False keeps Ray's own output.
 
     Returns:
         True if this call started or joined Ray, False if it was already initialised.
@@ -88,8 +92,9 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
         kwargs["_temp_dir"] = temp_dir
     if dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
+    env = {**WORKER_ENV, **(QUIET_WORKER_ENV if quiet else {})}
     ray.init(num_cpus=num_cpus or embedded_cpus(worker_cpus), include_dashboard=dashboard,
-             runtime_env={"env_vars": dict(WORKER_ENV)}, log_to_driver=log_to_driver,
+             runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
              _node_ip_address="127.0.0.1", **kwargs)
     _end_with_this_process(_node_pids(ray))
     return True

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import ray.train
+from ray.data import DataContext
 from ray.train.torch import TorchTrainer
 
 from aide_ray._internal import fs
 from aide_ray.config import Config
 from aide_ray.data.shards import load_dataset_info
 from aide_ray.distributed.backend import FAIL_AT_KEY, RESTORE_KEY, train_loop_per_worker
+from aide_ray.distributed.console import quiet_loggers
 from aide_ray.distributed.data_pipeline import build_datasets
 from aide_ray.distributed.label_actor import create_label_store_actor
 from aide_ray.distributed.runtime import init_ray
@@ -36,9 +38,24 @@ from aide_ray.runs.folder import LABEL_STORE_LATEST
 __all__ = ["build_trainer", "run_training"]
 
 
+def quiet_ray_data(verbose: bool = False) -> None:
+    """Ray Data's progress bars and per-dataset execution lines on or off (off unless ``verbose``).
+
+    Set on the driver before the datasets are built: the context travels with
+    them to the actors that execute them (the split coordinators), which print
+    those lines.
+    """
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = verbose
+    ctx.enable_operator_progress_bars = verbose
+    ctx.print_on_execution_start = verbose
+    ctx.verbose_stats_logs = verbose
+
+
 def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequence[Any] = (),
                   fail_at: dict[str, Any] | None = None, storage_path: str | None = None,
-                  restore_from: str | Path | None = None, store_fail_at: dict[str, Any] | None = None):
+                  restore_from: str | Path | None = None, store_fail_at: dict[str, Any] | None = None,
+                  verbose: bool = False):
     """A ``TorchTrainer`` for ``cfg`` (its label-store actor is created here too).
 
     Args:
@@ -47,10 +64,13 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
         fail_at, store_fail_at: fault-test hooks: kill one worker once
             (``FAIL_AT_KEY``), or the label-store actor once while it publishes an
             epoch (:class:`~aide_ray.distributed.label_actor.DyingLabelStore`).
+        verbose: keep Ray Data's progress bars and execution lines and Ray Train's INFO logs.
 
     Returns:
         (trainer, label_store_actor)
     """
+    quiet_ray_data(verbose)
+    quiet_loggers(verbose)
     info = load_dataset_info(shards)
     method = method_class(cfg.method)
     has_val = has_validation(cfg.data.val_split, info["counts"]["split_label_kind"])
@@ -72,6 +92,7 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
         "label_store": store,
         "has_val": has_val,
         "torch_threads": max(1, int(cfg.cpus_per_worker)),
+        "verbose": verbose,
         RESTORE_KEY: None if restore_from is None else str(restore_from),
     }
     if fail_at:
@@ -94,7 +115,7 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
                 checkpoint_score_order="max",
             ),
             callbacks=list(callbacks) or None,
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         ),
         datasets=datasets,
     )
@@ -102,13 +123,15 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
 
 
 def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict[str, Any] | None = None,
-                 callbacks: Sequence[Any] = (), store_fail_at: dict[str, Any] | None = None) -> TrainingOutcome:
+                 callbacks: Sequence[Any] = (), store_fail_at: dict[str, Any] | None = None,
+                 verbose: bool = False) -> TrainingOutcome:
     """Train ``cfg`` on Ray to the end and return the run folder and its history.
 
     Args:
         resume: a run folder to continue (same storage path and name) from its newest
             checkpoint that verifies, labels included (:func:`prepare_run` says which).
         fail_at, store_fail_at: test hooks, see :func:`build_trainer`.
+        verbose: Ray's own progress bars and INFO lines on the console too.
     """
     setup = prepare_run(cfg, resume=resume)
     cfg = setup.cfg
@@ -116,7 +139,7 @@ def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict
     if not fs.is_uri(setup.run_dir):
         Path(setup.run_dir).mkdir(parents=True, exist_ok=True)
     trainer, _store = build_trainer(cfg, setup.shards, cfg.run.name, fail_at=fail_at, callbacks=callbacks,
-                                    restore_from=setup.restore_from, store_fail_at=store_fail_at)
+                                    restore_from=setup.restore_from, store_fail_at=store_fail_at, verbose=verbose)
     print(f"Training {cfg.method} on {setup.shards} with {cfg.workers} Ray worker(s); run folder {setup.run_dir}",
           flush=True)
     trainer.fit()

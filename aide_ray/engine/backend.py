@@ -87,6 +87,10 @@ class Backend(ABC):
     def before_step(self, epoch: int, step: int) -> None:
         """Called before every training step (Ray's fault-injection test hook lives here)."""
 
+    def announce(self, line: str) -> None:
+        """Show one line to the user (rank 0's epoch line); once, whatever captures this process's output."""
+        print(line, flush=True)
+
     @contextlib.contextmanager
     def checkpoint_to_restore(self) -> Iterator[Path | None]:
         """The checkpoint folder to resume from (readable inside the ``with``), or None for a fresh start."""

@@ -39,11 +39,11 @@ def to_batch(raw: Mapping[str, np.ndarray], cache: LabelCache, slots: int, devic
     """The method's batch of a row batch, on ``device``."""
     labels = current_labels(cache, slots, raw)
     batch = Batch(
-        image=torch.from_numpy(np.ascontiguousarray(raw["image"], dtype=np.float32)),
+        image=torch.from_numpy(np.array(raw["image"], dtype=np.float32)),  # a copy: Ray's blocks are read-only
         labels=torch.from_numpy(labels.astype(np.int64)),
-        labelled=torch.from_numpy(np.asarray(raw["has_label"], dtype=bool)),
-        hq=torch.from_numpy(np.asarray(raw["hq"], dtype=bool)),
-        sample_index=torch.from_numpy(np.asarray(raw["sample_index"], dtype=np.int64)),
+        labelled=torch.from_numpy(np.array(raw["has_label"], dtype=bool)),
+        hq=torch.from_numpy(np.array(raw["hq"], dtype=bool)),
+        sample_index=torch.from_numpy(np.array(raw["sample_index"], dtype=np.int64)),
     )
     return batch.to(device)
 

@@ -122,7 +122,7 @@ def train_loop(cfg: Config, info: dict[str, Any], backend: Backend, *, verbose: 
         scores.extend(row for part in backend.gather(result.score_rows) for row in part)
         if backend.rank == 0:
             if verbose:
-                print(progress_line(epoch, cfg.epochs, result.metrics, method), flush=True)
+                backend.announce(progress_line(epoch, cfg.epochs, result.metrics, method))
             with tempfile.TemporaryDirectory(prefix="aide-ckpt-") as tmp:
                 _write_checkpoint(Path(tmp), cfg=cfg, state=state, info=info, epoch=epoch, backend=backend,
                                   result=result, history=history, scores=scores)

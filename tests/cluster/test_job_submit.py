@@ -123,7 +123,7 @@ def test_train_job_runs_to_success_and_writes_its_run_folder(local_head):
 
     submission_id = f"aide-e2e-{uuid.uuid4().hex[:8]}"
     done = _submit(
-        ["python", "jobs/train_aide.py", "epochs=1", "workers=1", "batch_size=2", "cpus_per_worker=1",
+        ["python", "jobs/train_aide.py", "epochs=2", "workers=1", "batch_size=2", "cpus_per_worker=1",
          f"data.shards={shards}", f"data.demo_dir={tmp / 'demo_cache'}", "model.base_width=4",
          f"run.storage_path={runs}", "run.name=e2e"],
         submission_id=submission_id, timeout=720,
@@ -135,6 +135,11 @@ def test_train_job_runs_to_success_and_writes_its_run_folder(local_head):
 
     assert JobSubmissionClient(JOBS_API).get_job_status(submission_id) == JobStatus.SUCCEEDED
     assert "Run folder:" in done.stdout  # the driver's log was streamed back by `ray job submit`
+    # A quiet console: each epoch's line once, no raw report dicts, no Ray Data execution chatter.
+    for epoch in (1, 2):
+        assert done.stdout.count(f"[aide_ray] epoch {epoch}/2:") == 1, done.stdout[-4000:]
+    for noise in ("TrainingReport(", "Starting execution of Dataset", "Execution plan of Dataset"):
+        assert noise not in done.stdout, noise
 
     run_dir = runs / "e2e"
     assert (run_dir / "metrics.csv").is_file(), sorted(p.name for p in run_dir.iterdir())
