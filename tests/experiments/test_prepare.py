@@ -77,7 +77,7 @@ def test_the_protocols_recipe_makes_one_training_set_per_protocol(tmp_path: Path
         shenzhen_protocols(ctx, protocols=["limited"], clean_fraction=0.1)
 
 
-@pytest.mark.parametrize("name", ["headroom", "noisy", "annotators", "limited"])
+@pytest.mark.parametrize("name", ["benchmark", "headroom", "noisy", "annotators", "limited"])
 def test_the_shipped_settings_name_recipes_that_make_their_training_sets(name: str) -> None:
     recipe = recipe_of(get_setting(name))
     assert {arm.data for arm in settings()[name].arms} <= set(recipe.data_keys)
