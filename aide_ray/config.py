@@ -7,7 +7,8 @@ and the allowed range. Workers, the label store and Tune receive these
 objects, never raw dicts, so a typo can never be silently ignored.
 
 The run's own sections (data, optim, eval, run) are defined here; the model's
-in :mod:`aide_ray.nn.model`; each method's options in the method's own file,
+in :mod:`aide_ray.nn.model_config`; experiment tracking's in
+:mod:`aide_ray.engine.tracking_config`; each method's options in the method's own file,
 found through the method registry. A method's section is keyed by its name
 (``aide.temperature``, ``gce.q``) and reached as ``cfg.options`` (the chosen
 method's) or ``cfg.options_of(name)``.
@@ -26,8 +27,9 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import yaml
 
+from aide_ray.engine.tracking_config import TrackingConfig
 from aide_ray.exceptions import ConfigError
-from aide_ray.methods.registry import METHOD_NAMES, options_class
+from aide_ray.methods.registry import METHOD_NAMES, method_class, options_class
 from aide_ray.nn.model_config import ModelConfig
 from aide_ray.options import Section, fail
 
@@ -38,6 +40,7 @@ __all__ = [
     "OptimConfig",
     "EvalConfig",
     "RunConfig",
+    "TrackingConfig",
     "load_config",
     "from_dict",
     "demo_config",
@@ -144,6 +147,7 @@ class Config(Section):
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Every registered method's options, keyed by method name (YAML: top-level sections).
     method_options: dict[str, Any] = field(default_factory=_default_method_options, repr=False)
 
@@ -153,6 +157,10 @@ class Config(Section):
         self._in_range("batch_size", 2, None)  # small-loss selection needs at least two samples
         self._in_range("workers", 1, None)
         self._in_range("cpus_per_worker", 0.0, None, lo_open=True)
+        needs = method_class(self.method).needs_unet
+        if needs and self.model.name != "unet":
+            fail("model.name", f"'unet' for method {self.method!r}, which {needs}", self.model.name)
+        self.tracking.check_storage(self.run.storage_path)
 
     @property
     def options(self) -> Any:
@@ -246,6 +254,10 @@ def _coerce(key: str, tp: Any, value: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
         fail(key, "a string", value)
+    if typing.get_origin(tp) is dict:  # a mapping-valued key (model.monai_args)
+        if isinstance(value, Mapping) or value is None:
+            return dict(value or {})
+        fail(key, "a mapping", value)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         return value
     return value

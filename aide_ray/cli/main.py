@@ -20,6 +20,7 @@ __all__ = ["main", "SUBCOMMANDS"]
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("demo_data", "write the synthetic demo dataset (NIfTI volumes, HQ/LQ labels, manifest)"),
     "corrupt-labels": ("corrupt_labels", "simulate noisy or limited labels for a manifest (pymic-jsrt, limited)"),
+    "manifest": ("manifest", "write a manifest from an nnU-Net v2, Decathlon or images/ + masks/ dataset folder"),
     "ingest": ("ingest", "turn a manifest of images and labels into Parquet slice shards"),
     "data-summary": ("data_summary", "stream one epoch of shards through Ray Data and print a summary"),
     "verify": ("verify", "check shards against their dataset.json (files, sizes, hashes, rows); names a bad file"),
@@ -29,6 +30,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "score predictions against references (Dice, ASSD, HD95, ...), with paired t-tests"),
     "export-labels": ("export_labels", "write a run's corrected training labels as NIfTI/PNG"),
     "figures": ("figures", "draw a training run's curves, label-correction panels and Dice scatter"),
+    "report": ("report", "write a run's report page: one self-contained HTML file (RUN_DIR/report.html)"),
     "cluster": ("cluster", "start, stop or query a local Ray head bound to 127.0.0.1"),
 }
 

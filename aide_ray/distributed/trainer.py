@@ -146,4 +146,6 @@ def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict
     outcome = finish_run(setup.run_dir, cfg, setup.metric)
     print("\n" + summary_table(outcome.history), flush=True)
     print(f"\nRun folder: {outcome.run_dir}\n  best checkpoint: {outcome.best_checkpoint}", flush=True)
+    if outcome.report is not None:
+        print(f"  report page: {outcome.report}", flush=True)
     return outcome

@@ -153,4 +153,6 @@ def train_local(cfg: Config, *, resume: str | Path | None = None) -> TrainingOut
     outcome = finish_run(setup.run_dir, setup.cfg, setup.metric)
     print("\n" + summary_table(outcome.history), flush=True)
     print(f"\nRun folder: {outcome.run_dir}\n  best checkpoint: {outcome.best_checkpoint}", flush=True)
+    if outcome.report is not None:
+        print(f"  report page: {outcome.report}", flush=True)
     return outcome

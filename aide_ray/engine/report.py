@@ -18,6 +18,7 @@ import pandas as pd
 
 from aide_ray._internal import fs
 from aide_ray.config import Config
+from aide_ray.eval.run_report import write_run_report
 from aide_ray.methods.base import Method
 from aide_ray.runs.folder import (CONFIG_FILE, HISTORY_FILE, best_checkpoint, copy_artifacts, latest_checkpoint,
                                   write_best_pointer)
@@ -33,6 +34,7 @@ class TrainingOutcome:
     best_checkpoint: Path | str | None
     latest_checkpoint: Path | str | None
     history: pd.DataFrame
+    report: Path | None = None  # RUN/report.html; None for an object-storage run folder
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -81,6 +83,12 @@ def finish_run(run_dir: Path | str, cfg: Config, metric: str) -> TrainingOutcome
     def local(path: str | None) -> Path | str | None:
         return Path(path) if path is not None and not fs.is_uri(path) else path
 
+    report = None
+    if not fs.is_uri(run_dir):  # the page embeds figures drawn here (~1-2 s); a failure must not fail the run
+        try:
+            report = write_run_report(run_dir).path
+        except OSError as e:
+            print(f"report page not written: {e}", flush=True)
     return TrainingOutcome(run_dir=local(str(run_dir)), best_checkpoint=local(best), latest_checkpoint=local(latest),
-                           history=_read_history(run_dir))
+                           history=_read_history(run_dir), report=report)
 

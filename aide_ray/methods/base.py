@@ -97,6 +97,9 @@ class Method:
         eval_nets: the networks whose softmax is averaged at inference.
         label_slots: how many per-net current labels the label store tracks.
         uses_unlabelled: whether batches should mix in rows without labels.
+        needs_unet: why the method needs the built-in U-Net's internals (its encoder,
+            decoder or pyramid), checked with the config; "" for a method that works with
+            any backbone mapping (B, M, H, W) to logits (B, C, H, W) (``model.name``).
     """
 
     name: ClassVar[str] = ""
@@ -106,6 +109,7 @@ class Method:
     eval_nets: ClassVar[tuple[str, ...]] = ("net",)
     label_slots: ClassVar[int] = 1
     uses_unlabelled: ClassVar[bool] = False
+    needs_unet: ClassVar[str] = ""
 
     def __init__(self, options: Any, model: ModelConfig, in_channels: int) -> None:
         if not isinstance(options, self.Options):

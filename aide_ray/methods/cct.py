@@ -173,6 +173,7 @@ class Cct(Method):
     eval_nets: ClassVar[tuple[str, ...]] = ("net",)
     label_slots: ClassVar[int] = 1
     uses_unlabelled: ClassVar[bool] = True
+    needs_unet: ClassVar[str] = "feeds the U-Net's encoder features to copies of its decoder"
 
     def build_nets(self) -> dict[str, nn.Module]:
         # No deep-supervision heads: nothing here reads them, and DDP rejects parameters without gradients.

@@ -10,6 +10,7 @@ one module that spells its file names::
     RUN/correction_samples.npz    label-correction panels of the last epoch
     RUN/label_store.npz           the corrected labels after the last epoch
     RUN/best_checkpoint.txt       the checkpoint with the best ``eval.best_metric``, relative to RUN
+    RUN/report.html               the run's report page (curves, panels, metrics, config), self-contained
     RUN/checkpoint_<time>/        state.pt, metrics.json, dataset.json, label_store.npz, files.json,
                                   and copies of the artifacts above as of that epoch
 
@@ -31,7 +32,7 @@ from aide_ray._internal import fs
 
 __all__ = [
     "CONFIG_FILE", "HISTORY_FILE", "SCORES_FILE", "SAMPLES_FILE", "LABEL_STORE_FILE", "BEST_POINTER",
-    "LABEL_STORE_LATEST", "STATE_FILE", "DATASET_FILE", "METRICS_FILE", "FILES_MANIFEST", "FIGURES_DIR",
+    "LABEL_STORE_LATEST", "STATE_FILE", "DATASET_FILE", "METRICS_FILE", "FILES_MANIFEST", "FIGURES_DIR", "REPORT_FILE",
     "CHECKPOINT_PREFIX", "ARTIFACTS", "checkpoint_name", "checkpoint_dirs", "checkpoint_metrics", "best_checkpoint",
     "latest_checkpoint", "looks_complete", "copy_artifacts", "write_best_pointer",
 ]
@@ -45,6 +46,8 @@ BEST_POINTER = "best_checkpoint.txt"
 # The label-store actor's own restart snapshot (rewritten after every commit).
 LABEL_STORE_LATEST = "label_store.latest.npz"
 FIGURES_DIR = "figures"
+# The run's report page (aide_ray.eval.run_report): one self-contained HTML file.
+REPORT_FILE = "report.html"
 
 # Inside a checkpoint folder.
 STATE_FILE = "state.pt"
