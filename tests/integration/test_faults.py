@@ -8,9 +8,11 @@ any Ray work, or watch plain processes.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -98,14 +100,16 @@ def test_resume_skips_a_truncated_checkpoint_that_ray_would_hand_over(ray_cluste
         run_training(cfg)  # without --resume Ray would silently continue the folder
     capsys.readouterr()
 
+    # Read before resuming: with checkpoints_to_keep=2 Ray deletes the older checkpoint once the
+    # resumed run has saved two newer ones.
+    older_version = LabelStore.from_snapshot_file(older / LABEL_STORE_FILE).version
     resumed = run_training(cfg.replace(epochs=3), resume=first.run_dir)
     out = capsys.readouterr().out
     assert f"skipped {latest}: {state} has " in out and "truncated or changed" in out
     assert f"Resuming from {older} (epoch 1 done)" in out
     assert list(resumed.history["epoch"]) == [0, 1, 2]
     # Epoch 1 was trained again from the older checkpoint's labels.
-    older_store = LabelStore.from_snapshot_file(older / LABEL_STORE_FILE)
-    assert resumed.history.loc[1, "label_version_at_start"] == older_store.version
+    assert resumed.history.loc[1, "label_version_at_start"] == older_version
 
 
 def test_a_new_run_into_a_folder_with_checkpoints_fails_before_ray(tiny_shards, tmp_path):
@@ -185,6 +189,15 @@ def test_the_watcher_stops_what_a_killed_driver_left(tmp_path):
         _kill_left(tree)
 
 
+@pytest.fixture
+def short_tmp():
+    """Ray's temp dir holds AF_UNIX sockets (at most 107 bytes of path): pytest's tmp_path under a CI
+    checkout's long /tmp/pytest-of-<user>/... names can exceed that, so Ray gets a short one."""
+    path = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 _EMBEDDED_DRIVER = textwrap.dedent("""
     import os, sys, time
     os.environ.pop("RAY_ADDRESS", None)
@@ -199,10 +212,10 @@ _EMBEDDED_DRIVER = textwrap.dedent("""
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
-def test_an_embedded_ray_ends_with_its_driver(tmp_path, how):
+def test_an_embedded_ray_ends_with_its_driver(short_tmp, how):
     """No process of an embedded Ray (GCS, raylet, dashboard, DashboardAgent, RuntimeEnvAgent, workers)
     outlives its driver, whether it is SIGTERMed (Ray shuts down at exit) or SIGKILLed (the watcher)."""
-    driver = subprocess.Popen([sys.executable, "-c", _EMBEDDED_DRIVER, str(tmp_path)], stdout=subprocess.PIPE,
+    driver = subprocess.Popen([sys.executable, "-c", _EMBEDDED_DRIVER, str(short_tmp)], stdout=subprocess.PIPE,
                               text=True)
     tree: dict[int, int] = {}
     try:
