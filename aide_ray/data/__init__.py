@@ -25,6 +25,9 @@ _EXPORTS: dict[str, str] = {
     "corrupt_manifest": "noise",
     "corrupt_mask": "noise",
     "corrupt_volume": "noise",
+    "ScribbleOptions": "scribbles",
+    "draw_scribbles": "scribbles",
+    "scribble_volume": "scribbles",
     "check_same_geometry": "image_io",
     "read_image": "image_io",
     "read_label": "image_io",
@@ -50,6 +53,7 @@ if TYPE_CHECKING:
     from aide_ray.data.noise import PROTOCOLS, corrupt_manifest, corrupt_mask, corrupt_volume
     from aide_ray.data.preprocess import PreparedCase, Preprocessing, preprocess_case, restore_geometry
     from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest
+    from aide_ray.data.scribbles import ScribbleOptions, draw_scribbles, scribble_volume
     from aide_ray.data.shards import SCHEMA, load_dataset_info, read_slices_local
 
 

@@ -12,10 +12,12 @@ from typing import Mapping
 
 import numpy as np
 
+from aide_ray.data.label_kinds import HQ, SCRIBBLE
+
 __all__ = ["decode_batch", "DECODED_KEYS"]
 
 DECODED_KEYS: tuple[str, ...] = (
-    "image", "label", "has_label", "hq", "clean_label", "has_clean_label",
+    "image", "label", "has_label", "hq", "scribble", "clean_label", "has_clean_label",
     "sample_index", "sample_id", "case_id", "slice_index",
 )
 
@@ -56,9 +58,10 @@ def decode_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         batch: column name -> (B,) array as Ray's ``batch_format="numpy"``
             gives it (binary cells as ``bytes`` in object arrays, nulls as None).
     Returns:
-        ``image`` (B, M, H, W) float32; ``label`` (B, H, W) uint8 in {0, 1},
-        zeros where null; ``has_label`` (B,) bool; ``hq`` (B,) bool
-        (label_kind == "hq"); ``clean_label`` (B, H, W) uint8, zeros where
+        ``image`` (B, M, H, W) float32; ``label`` (B, H, W) uint8 in {0, 1}
+        (scribble rows: also 255, ``UNANNOTATED``, kept as it is), zeros where
+        null; ``has_label`` (B,) bool; ``hq`` (B,) bool (label_kind == "hq");
+        ``scribble`` (B,) bool (label_kind == "scribble"); ``clean_label`` (B, H, W) uint8, zeros where
         null; ``has_clean_label`` (B,) bool; ``sample_index`` (B,) int64;
         ``sample_id``, ``case_id`` (B,) object (str); ``slice_index`` (B,) int32.
     Raises:
@@ -73,7 +76,9 @@ def decode_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     if "label" in batch:
         out["label"], out["has_label"] = _masks(batch["label"], _shape(batch, with_modalities=False))
     if "label_kind" in batch:
-        out["hq"] = np.asarray(batch["label_kind"]).astype(str) == "hq"
+        kinds = np.asarray(batch["label_kind"]).astype(str)
+        out["hq"] = kinds == HQ
+        out["scribble"] = kinds == SCRIBBLE
     if "clean_label" in batch:
         out["clean_label"], out["has_clean_label"] = _masks(batch["clean_label"], _shape(batch, with_modalities=False))
     if "sample_index" in batch:

@@ -21,16 +21,23 @@ import numpy as np
 import SimpleITK as sitk
 
 from aide_ray.exceptions import InputError
+from aide_ray.label_values import UNANNOTATED
 
 __all__ = [
     "RASTER_SUFFIXES",
+    "SCRIBBLE_CLASSES",
     "read_image",
     "read_label",
     "read_label_map",
     "label_array",
+    "scribble_array",
     "write_label",
+    "write_scribble",
     "check_same_geometry",
 ]
+
+# Class indices an ingested label may hold: labels are binary (0 background, 1 foreground).
+SCRIBBLE_CLASSES: tuple[int, ...] = (0, 1)
 
 # Suffixes of 2D raster files (read as one 2D slice; RGB becomes gray).
 RASTER_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -179,6 +186,32 @@ def label_array(label: sitk.Image, name: str = "label") -> np.ndarray:
     raise InputError(f"label {name} must contain only the values 0 and 1 (or 0 and 255), found [{shown}]")
 
 
+def scribble_array(label: sitk.Image, name: str = "scribble") -> np.ndarray:
+    """A scribble label's array as uint8: class indices where annotated, ``UNANNOTATED`` (255) elsewhere.
+
+    Unlike :func:`label_array`, 255 is not read as foreground: in a scribble it
+    means "nobody annotated this pixel", so {0, 255} is a background-only scribble.
+
+    Args:
+        label: 2D or 3D scribble image.
+        name: file name for error messages.
+    Returns:
+        Array of ``sitk.GetArrayFromImage`` shape, uint8 in :data:`SCRIBBLE_CLASSES` and 255.
+    Raises:
+        InputError: naming the file and the values outside the classes and 255.
+    """
+    arr = sitk.GetArrayFromImage(label)
+    values = np.unique(arr)
+    allowed = (*SCRIBBLE_CLASSES, UNANNOTATED)
+    bad = values[~np.isin(values, allowed)]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in bad[:10].tolist()) + (", ..." if bad.size > 10 else "")
+        classes = " and ".join(str(c) for c in SCRIBBLE_CLASSES)
+        raise InputError(f"scribble label {name} must contain only the classes {classes} and {UNANNOTATED} "
+                         f"(unannotated), found [{shown}]")
+    return arr.astype(np.uint8, copy=False)
+
+
 def read_label(path: str | os.PathLike) -> sitk.Image:
     """Read a binary label image as uint8 {0, 1}, keeping its geometry.
 
@@ -226,6 +259,17 @@ def write_label(mask: np.ndarray, reference: sitk.Image, path: str | os.PathLike
         foreground: stored value of foreground pixels (255 for viewable PNGs).
     """
     out = sitk.GetImageFromArray((mask > 0).astype(np.uint8) * np.uint8(foreground), isVector=False)
+    out.CopyInformation(reference)
+    sitk.WriteImage(out, str(path), useCompression=True)
+
+
+def write_scribble(scribble: np.ndarray, reference: sitk.Image, path: str | os.PathLike) -> None:
+    """Write a scribble label (class indices, 255 unannotated) as it is, with ``reference``'s geometry.
+
+    The values are written unchanged, also in PNGs: scaling the foreground to
+    255 as :func:`write_label` does would make it unannotated.
+    """
+    out = sitk.GetImageFromArray(np.asarray(scribble, dtype=np.uint8), isVector=False)
     out.CopyInformation(reference)
     sitk.WriteImage(out, str(path), useCompression=True)
 

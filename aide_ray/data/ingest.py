@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from aide_ray._internal.io import atomic_dir
 from aide_ray.data.image_io import read_image
+from aide_ray.data.label_kinds import SCRIBBLE
 from aide_ray.data.manifest import image_columns, read_manifest
 from aide_ray.data.preprocess import PreparedCase, Preprocessing, prepare_label, preprocess_case
 from aide_ray.data.shards import DATASET_JSON, SCHEMA, SCHEMA_VERSION
@@ -109,8 +110,8 @@ def ingest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, prep: P
         ``out_dir``.
     Raises:
         InputError: any bad input (manifest, missing/unreadable/truncated/4D
-            image, geometry mismatch, label values, NaN/Inf), naming the CSV
-            row and the file.
+            image, geometry mismatch, label values, scribble values other than
+            the classes and 255, NaN/Inf), naming the CSV row and the file.
         FileExistsError: ``out_dir`` exists and ``overwrite`` is False.
     """
     if rows_per_shard < 1:
@@ -146,8 +147,10 @@ def ingest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, prep: P
                 labels = {}
                 for col in ("label", "clean_label"):
                     if rec[col]:
+                        # Only the training label can be partial; clean_label is always a full mask.
+                        scribble = col == "label" and rec["label_kind"] == SCRIBBLE
                         labels[col] = prepare_label(read_image(rec[col]), images[0], prep, name=rec[col],
-                                                    reference_name=paths[0])
+                                                    reference_name=paths[0], scribble=scribble)
             except InputError as e:
                 raise InputError(f"{where}: {e}") from None
             for p in [*paths, rec["label"], rec["clean_label"]]:

@@ -10,7 +10,8 @@ Columns (see docs/data.md):
 - ``image`` or ``image_0`` ... ``image_{M-1}``: required; M registered modalities.
   A file, or a folder holding one DICOM series.
 - ``label``: optional column; the cell may be empty (must be, for kind ``none``).
-- ``label_kind``: required, one of ``hq``, ``lq``, ``none``.
+- ``label_kind``: required, one of ``hq``, ``lq``, ``scribble``, ``none``
+  (:mod:`aide_ray.data.label_kinds`; a scribble label marks unannotated pixels 255).
 - ``annotator``, ``domain``: optional, free text (annotator without ``/``).
 - ``split``: required, one of ``train``, ``val``, ``test``.
 - ``clean_label``: optional high-quality reference of the same image, for
@@ -37,6 +38,7 @@ from typing import Sequence
 import pandas as pd
 
 from aide_ray._internal.io import atomic_file
+from aide_ray.data.label_kinds import LABEL_KINDS, LABELLED_KINDS, NONE
 from aide_ray.exceptions import InputError
 
 __all__ = [
@@ -50,7 +52,6 @@ __all__ = [
     "write_manifest",
 ]
 
-LABEL_KINDS: tuple[str, ...] = ("hq", "lq", "none")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 REQUIRED_COLUMNS: tuple[str, ...] = ("case_id", "label_kind", "split")
 # Filled with "" when absent so that every consumer sees the same columns.
@@ -123,8 +124,8 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
     Raises:
         InputError: empty CSV, missing required column, bad ``label_kind`` or
             ``split``, empty ``case_id``, ``/`` in case_id or annotator,
-            duplicate (case_id, annotator), missing file, or kind hq/lq with an
-            empty label (kind none with a label). The message names the CSV,
+            duplicate (case_id, annotator), missing file, or kind hq/lq/scribble
+            with an empty label (kind none with a label). The message names the CSV,
             the row and the column.
     """
     path = Path(path)
@@ -177,9 +178,9 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True) -> pd.Da
             raise InputError(f"{where}: duplicate (case_id, annotator) = ({case_id!r}, {annotator!r}) "
                              f"in {scope}; first seen in row {other_row}")
         seen[key] = (int(row), rec["split"])
-        if rec["label_kind"] in ("hq", "lq") and not rec["label"]:
+        if rec["label_kind"] in LABELLED_KINDS and not rec["label"]:
             raise InputError(f"{where}: label_kind {rec['label_kind']!r} needs a label file, but label is empty")
-        if rec["label_kind"] == "none" and rec["label"]:
+        if rec["label_kind"] == NONE and rec["label"]:
             raise InputError(f"{where}: label_kind 'none' must have an empty label, got {rec['label']!r}")
         for col in images:
             if not rec[col]:

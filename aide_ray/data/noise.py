@@ -20,8 +20,12 @@ settings of the AIDE and PyMIC papers and measure methods where noise hurts:
 - ``limited``: a fraction of train cases keeps its label; the others become
   unlabelled (``label_kind`` none, label emptied, original kept in
   ``clean_label``).
+- ``scribbles``: every full train label becomes a scribble drawn from it
+  (``label_kind`` scribble; the mask kept in ``clean_label``); val and test keep
+  their full masks.
 
-The mask-level operations are in :mod:`aide_ray.data.mask_noise`.
+The mask-level operations are in :mod:`aide_ray.data.mask_noise` and
+:mod:`aide_ray.data.scribbles`.
 
 Only the train split changes. Randomness is keyed on (seed, case_id,
 annotator), so results do not depend on the manifest's row order.
@@ -38,14 +42,17 @@ import numpy as np
 import SimpleITK as sitk
 
 from aide_ray._internal.io import atomic_dir
-from aide_ray.data.image_io import label_array, read_image, write_label
+from aide_ray.data.image_io import label_array, read_image, write_label, write_scribble
+from aide_ray.data.label_kinds import FULL_MASK_KINDS, LQ, NONE, SCRIBBLE
 from aide_ray.data.manifest import read_manifest, write_manifest
 from aide_ray.data.mask_noise import MASK_PROTOCOLS, NoiseOptions, corrupt_mask
+from aide_ray.data.scribbles import ScribbleOptions, scribble_volume
 from aide_ray.exceptions import InputError
 
 __all__ = [
     "PROTOCOLS",
     "NoiseOptions",
+    "ScribbleOptions",
     "corrupt_mask",
     "corrupt_volume",
     "choose_cases",
@@ -53,7 +60,8 @@ __all__ = [
     "corrupt_manifest",
 ]
 
-PROTOCOLS: tuple[str, ...] = (*MASK_PROTOCOLS, "limited")
+SCRIBBLES = "scribbles"
+PROTOCOLS: tuple[str, ...] = (*MASK_PROTOCOLS, "limited", SCRIBBLES)
 
 
 def corrupt_volume(mask: np.ndarray, rng: np.random.Generator, *, scale: float = 1.0, protocol: str = "pymic-jsrt",
@@ -116,24 +124,30 @@ def _label_suffix(path: str) -> str:
 
 def corrupt_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLike, protocol: str, seed: int = 0, *,
                      clean_fraction: float = 0.05, labelled_fraction: float = 0.1, reference_size: int = 256,
-                     options: NoiseOptions = NoiseOptions(), overwrite: bool = False) -> Path:
+                     options: NoiseOptions = NoiseOptions(),
+                     scribble_options: ScribbleOptions = ScribbleOptions(), overwrite: bool = False) -> Path:
     """Write a copy of a manifest whose train labels follow ``protocol``.
 
     Output folder: ``manifest.csv`` (columns of the input plus
-    ``noise_protocol`` and ``noise_seed``) and, for pymic-jsrt, ``labels/``
-    with the corrupted labels (input geometry and foreground value; PNG labels
-    stay PNG, anything else becomes NIfTI) for every noise protocol. Rows whose label changes get the
-    original label in ``clean_label`` unless it already has one.
+    ``noise_protocol`` and ``noise_seed``) and ``labels/`` with the corrupted
+    labels of every noise protocol (input geometry and foreground value; PNG
+    labels stay PNG, anything else becomes NIfTI) or the scribbles (class
+    indices and 255, same geometry and formats). Rows whose label changes get
+    the original label in ``clean_label`` unless it already has one. Every file
+    is written inside a temporary folder renamed at the end: a failure leaves
+    nothing.
 
     Args:
         manifest_path: input manifest.
         out_dir: output folder (written atomically).
         protocol: one of :data:`PROTOCOLS`.
         seed: random seed.
-        clean_fraction: noise protocols: share of train cases that keep clean labels.
+        clean_fraction: noise protocols: share of train cases that keep clean labels
+            (scribbles: none do; every full train label becomes a scribble).
         labelled_fraction: limited: share of train cases that keep their labels.
         reference_size: image size at which iterations, radii and magnitudes are given.
         options: the noise protocols' knobs (magnitude, affected fraction, strength).
+        scribble_options: scribbles: width, keep fraction, background distance.
         overwrite: replace an existing ``out_dir``.
     Returns:
         Path of the output manifest.
@@ -150,8 +164,14 @@ def corrupt_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
         raise ValueError(f"reference_size must be >= 1, got {reference_size!r}")
     manifest_path = Path(manifest_path)
     df = read_manifest(manifest_path)
-    train = df[(df["split"] == "train") & (df["label_kind"] != "none")]
-    keep = choose_cases(train["case_id"].tolist(), labelled_fraction if protocol == "limited" else clean_fraction, seed)
+    train = df[(df["split"] == "train") & (df["label_kind"] != NONE)]
+    if protocol == SCRIBBLES:
+        # Scribbles are drawn from full masks; a row that is already a scribble stays as it is.
+        train = train[train["label_kind"].isin(FULL_MASK_KINDS)]
+        keep: set[str] = set()
+    else:
+        keep = choose_cases(train["case_id"].tolist(),
+                            labelled_fraction if protocol == "limited" else clean_fraction, seed)
 
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         out = df.copy()
@@ -172,15 +192,20 @@ def corrupt_manifest(manifest_path: str | os.PathLike, out_dir: str | os.PathLik
                 arr = label_array(image, rec["label"])
             except InputError as e:
                 raise InputError(f"{manifest_path.name} row {row}: {e}") from None
-            foreground = 255 if sitk.GetArrayViewFromImage(image).max() == 255 else 1
-            noisy = corrupt_volume(arr, case_rng(seed, rec["case_id"], rec["annotator"]),
-                                   scale=_scale_of(image, reference_size), protocol=protocol, options=options)
+            rng = case_rng(seed, rec["case_id"], rec["annotator"])
+            scale = _scale_of(image, reference_size)
             stem = rec["case_id"] + (f"__{rec['annotator']}" if rec["annotator"] else "")
             target = label_dir / f"{stem}{_label_suffix(rec['label'])}"
             label_dir.mkdir(exist_ok=True)
-            write_label(noisy, image, target, foreground=foreground)
+            if protocol == SCRIBBLES:
+                write_scribble(scribble_volume(arr, rng, scale=scale, options=scribble_options), image, target)
+                out.at[row, "label_kind"] = SCRIBBLE
+            else:
+                foreground = 255 if sitk.GetArrayViewFromImage(image).max() == 255 else 1
+                noisy = corrupt_volume(arr, rng, scale=scale, protocol=protocol, options=options)
+                write_label(noisy, image, target, foreground=foreground)
+                out.at[row, "label_kind"] = LQ
             out.at[row, "label"] = str(target)
-            out.at[row, "label_kind"] = "lq"
         out["noise_protocol"] = protocol
         out["noise_seed"] = str(int(seed))
         write_manifest(out, tmp / "manifest.csv", relative_to=tmp)

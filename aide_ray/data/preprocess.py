@@ -15,7 +15,11 @@ Steps of :func:`preprocess_case`, per case:
 3. Intensity normalisation per volume and modality: clip to the
    ``clip_percentiles``, then z-score (mean 0, std 1) or min-max to [0, 1].
 4. Centred crop or pad to ``size`` x ``size``; padding takes the volume's
-   minimum (after normalisation) for images, 0 for labels.
+   minimum (after normalisation) for images, 0 for labels, and
+   ``UNANNOTATED`` (255) for scribble labels: nobody annotated the padding.
+
+Labels are resampled with nearest neighbour, which only copies values, so a
+scribble's 255 stays 255 and never blends into a class.
 
 Reading the files (and checking that images share one grid) is
 :mod:`aide_ray.data.image_io`.
@@ -30,8 +34,9 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from aide_ray.data.image_io import check_same_geometry, label_array
+from aide_ray.data.image_io import check_same_geometry, label_array, scribble_array
 from aide_ray.exceptions import InputError
+from aide_ray.label_values import UNANNOTATED
 
 __all__ = [
     "Preprocessing",
@@ -138,7 +143,7 @@ class PreparedCase:
 
     Attributes:
         image: (S, M, H, W) float32, normalised, H = W = prep.size.
-        label: (S, H, W) uint8 in {0, 1}, or None.
+        label: (S, H, W) uint8 in {0, 1} (scribbles: also 255), or None.
         spacing: (x, y, z) in mm after resampling.
         plan: the geometry plan (enough, with the reference image, to invert).
     """
@@ -189,10 +194,11 @@ def _resampled_grid(reference: sitk.Image, plan: GeometryPlan) -> tuple[tuple, t
     return tuple(int(v) for v in new_size), tuple(float(v) for v in new_sp), tuple(float(v) for v in origin)
 
 
-def _resample_in_plane(image: sitk.Image, plan: GeometryPlan, interpolator: int) -> sitk.Image:
+def _resample_in_plane(image: sitk.Image, plan: GeometryPlan, interpolator: int,
+                       outside: float = 0.0) -> sitk.Image:
     size, spacing, origin = _resampled_grid(image, plan)
     return sitk.Resample(image, size, sitk.Transform(), interpolator, origin, spacing, image.GetDirection(),
-                         0.0, image.GetPixelID())
+                         outside, image.GetPixelID())
 
 
 def _as_slices(image: sitk.Image) -> np.ndarray:
@@ -210,11 +216,11 @@ def _crop_pad(arr: np.ndarray, plan: GeometryPlan, fill: float) -> np.ndarray:
     return out
 
 
-def _uncrop_pad(arr: np.ndarray, plan: GeometryPlan) -> np.ndarray:
-    """(S, size, size) -> (S, H', W'), zeros where the crop removed pixels."""
+def _uncrop_pad(arr: np.ndarray, plan: GeometryPlan, fill: int = 0) -> np.ndarray:
+    """(S, size, size) -> (S, H', W'), ``fill`` where the crop removed pixels."""
     s = plan.size
     (h, w), (ct, cl), (pt, pl) = plan.resampled_size, plan.crop, plan.pad
-    out = np.zeros((arr.shape[0], h, w), dtype=arr.dtype)
+    out = np.full((arr.shape[0], h, w), fill, dtype=arr.dtype)
     hh, ww = min(h, s), min(w, s)
     out[:, ct:ct + hh, cl:cl + ww] = arr[:, pt:pt + hh, pl:pl + ww]
     return out
@@ -238,29 +244,33 @@ def _normalize(vol: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def prepare_label(label: sitk.Image, reference: sitk.Image, prep: Preprocessing, *, name: str = "label",
-                  reference_name: str = "image") -> np.ndarray:
-    """Preprocess a binary label on ``reference``'s grid.
+                  reference_name: str = "image", scribble: bool = False) -> np.ndarray:
+    """Preprocess a binary label, or a scribble label, on ``reference``'s grid.
 
     Args:
-        label: label image on the reference's grid (values {0, 1} or {0, 255}).
+        label: label image on the reference's grid (values {0, 1} or {0, 255}; a
+            scribble: {0, 1} where annotated, 255 elsewhere).
         reference: the case's first image.
         prep: preprocessing.
         name, reference_name: file names for messages.
+        scribble: read ``label`` as a scribble (255 is unannotated, not foreground).
     Returns:
-        (S, size, size) uint8 in {0, 1}.
+        (S, size, size) uint8 in {0, 1}; a scribble keeps 255 where unannotated,
+        the padding included.
     Raises:
-        InputError: geometry mismatch or bad label values.
+        InputError: geometry mismatch or bad label values, naming the file.
     """
     check_same_geometry(reference, label, reference_name, name)
     plan = plan_geometry(reference, prep)
-    arr = label_array(label, name)
+    arr = scribble_array(label, name) if scribble else label_array(label, name)
+    fill = UNANNOTATED if scribble else 0
     if plan.resampled:
         img = sitk.GetImageFromArray(arr, isVector=False)
         img.CopyInformation(label)
-        arr = sitk.GetArrayFromImage(_resample_in_plane(img, plan, sitk.sitkNearestNeighbor))
+        arr = sitk.GetArrayFromImage(_resample_in_plane(img, plan, sitk.sitkNearestNeighbor, float(fill)))
     if arr.ndim == 2:
         arr = arr[None]
-    return _crop_pad(arr.astype(np.uint8, copy=False), plan, 0)
+    return _crop_pad(arr.astype(np.uint8, copy=False), plan, fill)
 
 
 def preprocess_case(images: list[sitk.Image], label: sitk.Image | None, prep: Preprocessing, *,
@@ -302,7 +312,7 @@ def preprocess_case(images: list[sitk.Image], label: sitk.Image | None, prep: Pr
     return PreparedCase(image=stacked, label=lab, spacing=plan.spacing, plan=plan)
 
 
-def restore_geometry(pred: np.ndarray, reference: sitk.Image, prep: Preprocessing) -> sitk.Image:
+def restore_geometry(pred: np.ndarray, reference: sitk.Image, prep: Preprocessing, *, fill: int = 0) -> sitk.Image:
     """Map (S, size, size) slices back onto ``reference``'s grid.
 
     Undoes the crop/pad and (nearest neighbour) the in-plane resampling, then
@@ -312,6 +322,8 @@ def restore_geometry(pred: np.ndarray, reference: sitk.Image, prep: Preprocessin
         pred: (S, size, size) uint8 label map (any small integer classes).
         reference: the image the slices were made from (its first modality).
         prep: the preprocessing used to make the slices.
+        fill: the value of input pixels the crop had removed (0; a scribble's
+            ``UNANNOTATED``, since they were never trained on).
     Returns:
         uint8 ``sitk.Image`` on the reference's grid (2D if the reference is 2D).
     Raises:
@@ -321,7 +333,7 @@ def restore_geometry(pred: np.ndarray, reference: sitk.Image, prep: Preprocessin
     expected = (plan.num_slices, plan.size, plan.size)
     if tuple(pred.shape) != expected:
         raise ValueError(f"pred must have shape (S, size, size) = {expected} for this reference, got {pred.shape}")
-    arr = _uncrop_pad(np.asarray(pred, dtype=np.uint8), plan)
+    arr = _uncrop_pad(np.asarray(pred, dtype=np.uint8), plan, fill)
     if reference.GetDimension() == 2:
         arr = arr[0]
     if plan.resampled:
@@ -330,7 +342,8 @@ def restore_geometry(pred: np.ndarray, reference: sitk.Image, prep: Preprocessin
         small.SetSpacing(spacing)
         small.SetOrigin(origin)
         small.SetDirection(reference.GetDirection())
-        out = sitk.Resample(small, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkUInt8)
+        out = sitk.Resample(small, reference, sitk.Transform(), sitk.sitkNearestNeighbor, float(fill),
+                            sitk.sitkUInt8)
     else:
         out = sitk.GetImageFromArray(arr, isVector=False)
     out.CopyInformation(reference)

@@ -47,9 +47,10 @@ SCHEMA: pa.Schema = pa.schema([
     pa.field("height", pa.int32(), nullable=False),
     pa.field("width", pa.int32(), nullable=False),
     pa.field("image", pa.binary(), nullable=False),  # float32 little-endian C-order (M, H, W)
-    pa.field("label", pa.binary(), nullable=True),  # uint8 (H, W) in {0, 1}; null when label_kind is none
+    # uint8 (H, W) in {0, 1}, scribbles also 255 (unannotated); null when label_kind is none
+    pa.field("label", pa.binary(), nullable=True),
     pa.field("clean_label", pa.binary(), nullable=True),  # uint8 (H, W); diagnostics only, never trained on
-    pa.field("label_kind", pa.string(), nullable=False),  # hq | lq | none
+    pa.field("label_kind", pa.string(), nullable=False),  # hq | lq | scribble | none
     pa.field("annotator", pa.string(), nullable=False),  # "" when the manifest has none
     pa.field("domain", pa.string(), nullable=False),
     pa.field("split", pa.string(), nullable=False),  # train | val | test
@@ -123,7 +124,8 @@ def read_slices_local(path: str | os.PathLike, split: str | None = None) -> dict
         m, h, w = info["shape"]
         return {
             "image": np.zeros((0, m, h, w), np.float32), "label": np.zeros((0, h, w), np.uint8),
-            "has_label": np.zeros(0, bool), "hq": np.zeros(0, bool), "clean_label": np.zeros((0, h, w), np.uint8),
+            "has_label": np.zeros(0, bool), "hq": np.zeros(0, bool), "scribble": np.zeros(0, bool),
+            "clean_label": np.zeros((0, h, w), np.uint8),
             "has_clean_label": np.zeros(0, bool), "sample_index": np.zeros(0, np.int64),
             "sample_id": np.zeros(0, object), "case_id": np.zeros(0, object), "slice_index": np.zeros(0, np.int32),
         }

@@ -29,6 +29,7 @@ import ray
 
 from aide_ray.data.augment import flip_augment, no_flip
 from aide_ray.data.decode import decode_batch
+from aide_ray.data.label_kinds import FULL_MASK_KINDS, labelled_rows
 from aide_ray.distributed.shard_reader import read_slices
 from aide_ray.engine.run_setup import has_validation
 
@@ -98,11 +99,11 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
     """
     counts = info["counts"]["split_label_kind"]
     split_counts = counts.get(train_split, {})
-    n_labelled = int(split_counts.get("hq", 0)) + int(split_counts.get("lq", 0))
+    n_labelled = labelled_rows(split_counts)
     n_unlabelled = int(split_counts.get("none", 0))
     use_unlabelled = not labelled_only and n_unlabelled > 0 and unlabelled_fraction > 0
     validate = has_validation(val_split, counts)
-    n_val = sum(int(counts[val_split].get(kind, 0)) for kind in ("hq", "lq")) if validate else 0
+    n_val = labelled_rows(counts[val_split], FULL_MASK_KINDS) if validate else 0
     if cache is None:
         cache = cache_fits(decoded_bytes(info["shape"], n_labelled + n_val + (n_unlabelled if use_unlabelled else 0)))
 

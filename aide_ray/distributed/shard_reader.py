@@ -22,6 +22,7 @@ from ray.data.expressions import col
 from aide_ray.data.decode import decode_batch
 from aide_ray.data.shards import SCHEMA, check_split, load_dataset_info, shard_files
 from aide_ray.exceptions import InputError
+from aide_ray.label_values import UNANNOTATED
 
 __all__ = ["read_slices", "summarize"]
 
@@ -53,6 +54,11 @@ def read_slices(path: str | os.PathLike, split: str | None = None, *,
     return ds
 
 
+def _foreground_pixels(labels: np.ndarray) -> np.ndarray:
+    """(B,) int64: pixels of each (B, H, W) label that hold a foreground class (neither 0 nor unannotated)."""
+    return ((labels > 0) & (labels != UNANNOTATED)).reshape(len(labels), -1).sum(axis=1, dtype=np.int64)
+
+
 def _summary_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-row statistics of a raw batch (runs in Ray Data tasks)."""
     decoded = decode_batch(batch)
@@ -61,7 +67,8 @@ def _summary_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         "split": np.asarray(batch["split"]).astype(str),
         "label_kind": np.asarray(batch["label_kind"]).astype(str),
         "has_label": decoded["has_label"],
-        "foreground": decoded["label"].reshape(len(decoded["label"]), -1).sum(axis=1).astype(np.int64),
+        # Foreground pixels, not the sum of values: a scribble's unannotated pixels hold 255.
+        "foreground": _foreground_pixels(decoded["label"]),
         "has_clean_label": decoded["has_clean_label"],
         "clean_foreground": decoded["clean_label"].reshape(len(decoded["clean_label"]), -1).sum(axis=1)
         .astype(np.int64),

@@ -28,6 +28,7 @@ from aide_ray._internal import fs
 from aide_ray.config import Config, from_dict, load_config, parse_overrides
 from aide_ray.data.demo import make_demo_data
 from aide_ray.data.ingest import ingest
+from aide_ray.data.label_kinds import FULL_MASK_KINDS, SCRIBBLE, labelled_rows
 from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.shards import load_dataset_info
 from aide_ray.data.verify import verify_shards
@@ -88,13 +89,13 @@ def prepare_shards(cfg: Config) -> Path | str:
 
 
 def has_validation(val_split: str, counts: Mapping[str, Any]) -> bool:
-    """Whether a run validates: the validation split is named and has labelled rows.
+    """Whether a run validates: the validation split is named and has rows with full masks.
 
     Args:
         counts: ``dataset.json``'s ``counts.split_label_kind`` (split -> kind -> rows).
     """
     split = counts.get(val_split, {}) if val_split else {}
-    return int(split.get("hq", 0)) + int(split.get("lq", 0)) > 0
+    return labelled_rows(split, FULL_MASK_KINDS) > 0
 
 
 def best_metric_name(cfg: Config, has_val: bool) -> str:
@@ -118,7 +119,13 @@ def check_init_from(cfg: Config, shards: Path | str) -> None:
 
 def _check_trainable(cfg: Config, info: Mapping[str, Any], shards: Path | str) -> None:
     split = info["counts"]["split_label_kind"].get(cfg.data.train_split, {})
-    labelled = int(split.get("hq", 0)) + int(split.get("lq", 0))
+    labelled = labelled_rows(split)
+    scribbles_in_val = int(info["counts"]["split_label_kind"].get(cfg.data.val_split, {}).get(SCRIBBLE, 0))
+    if cfg.data.val_split and scribbles_in_val:
+        # A Dice against a partial label would count its unannotated pixels: validation needs full masks.
+        raise InputError(f"{shards}: split {cfg.data.val_split!r} (data.val_split) has {scribbles_in_val} scribble "
+                         f"slices; validation needs full masks there (corrupt-labels --protocol scribbles keeps "
+                         f"them), or set data.val_split to a split with full masks")
     if labelled == 0 and not method_class(cfg.method).uses_unlabelled:
         raise InputError(f"{shards}: split {cfg.data.train_split!r} has no labelled rows to train {cfg.method!r} on")
     if not split:

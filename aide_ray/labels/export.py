@@ -13,6 +13,9 @@ per labelled training case (and annotator):
   slot 1's current label; ``_net2`` for two-slot methods (AIDE);
 - ``<case_id>[_<annotator>]_agreement.nii.gz`` (two slots only): 1 where both
   nets' labels are foreground;
+- a scribble case (``label_kind`` scribble) keeps ``UNANNOTATED`` (255) where
+  its label was not corrected, also outside the ingest's crop, and its PNGs hold
+  the values as they are (class indices and 255), as the scribble files do;
 - ``labels.csv``: per case, the slices whose label was corrected per net and
   the Dice between the nets' labels, against the source label and against the
   clean reference where the manifest gave one.
@@ -21,7 +24,8 @@ Labels go back onto the first image's exact grid with the ingest's own
 inverse (:func:`aide_ray.data.preprocess.restore_geometry`). Dice values are
 computed on the ingested slices (the grid that was trained on), over the whole
 case, with :func:`aide_ray.eval.dice.mask_dice`: two empty masks score 1.0, as
-in the engine's training Dice. The output folder is written atomically: a
+in the engine's training Dice; pixels unannotated in either label are left out
+(a scribble says nothing about them). The output folder is written atomically: a
 failure leaves nothing behind.
 """
 
@@ -46,7 +50,9 @@ from aide_ray.data.image_io import RASTER_SUFFIXES, read_image
 from aide_ray.data.preprocess import Preprocessing, restore_geometry
 from aide_ray.data.shards import load_dataset_info, shard_files
 from aide_ray.eval.dice import mask_dice
+from aide_ray.data.label_kinds import SCRIBBLE
 from aide_ray.exceptions import CheckpointError, InputError
+from aide_ray.label_values import UNANNOTATED
 from aide_ray.labels import LabelStore
 from aide_ray.methods.registry import method_class
 from aide_ray.runs.checkpoint import load_state, resolve_checkpoint
@@ -66,9 +72,9 @@ class CaseLabels:
 
     Attributes:
         case_id, annotator: the manifest's identifiers ("" when no annotator).
-        label_kind: "hq" or "lq".
+        label_kind: "hq", "lq" or "scribble".
         sample_index: (S,) int64, the label store's index of each slice, in slice order.
-        source: (S, H, W) uint8 {0, 1}, the ingested label.
+        source: (S, H, W) uint8 {0, 1} (a scribble: also 255), the ingested label.
         clean: (S, H, W) uint8 {0, 1}, the clean reference, or None when the manifest has none.
     """
 
@@ -169,14 +175,28 @@ def _iter_cases(shards: Path, split: str) -> Iterator[CaseLabels]:
 # --------------------------------------------------------------------------- outputs
 
 
-def _write(mask: np.ndarray, reference: sitk.Image, prep: Preprocessing, path: Path) -> None:
-    """Write (S, size, size) {0, 1} slices onto ``reference``'s grid; PNGs as {0, 255} (viewable)."""
-    image = restore_geometry(mask.astype(np.uint8), reference, prep)
-    if path.suffix == ".png":
+def _write(mask: np.ndarray, reference: sitk.Image, prep: Preprocessing, path: Path, scribble: bool) -> None:
+    """Write (S, size, size) {0, 1} slices onto ``reference``'s grid; PNGs as {0, 255} (viewable).
+
+    A scribble keeps its values (255 is unannotated, not foreground), and the pixels
+    the ingest cropped away, never trained on, are unannotated.
+    """
+    image = restore_geometry(mask.astype(np.uint8), reference, prep, fill=UNANNOTATED if scribble else 0)
+    if path.suffix == ".png" and not scribble:
         scaled = sitk.GetImageFromArray(sitk.GetArrayFromImage(image) * np.uint8(255))
         scaled.CopyInformation(image)
         image = scaled
     sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def _annotated_dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice of two labels over the pixels both annotate (all of them unless one is a scribble)."""
+    annotated = (a != UNANNOTATED) & (b != UNANNOTATED)
+    return mask_dice(np.where(annotated, a, 0), np.where(annotated, b, 0))
+
+
+def _foreground(label: np.ndarray) -> np.ndarray:
+    return (label > 0) & (label != UNANNOTATED)
 
 
 def export_labels(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -260,21 +280,23 @@ def export_labels(run_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
             for name, label in zip(nets, labels):
                 row[f"corrected_slices_{name}"] = int((label != case.source).reshape(len(label), -1).any(1).sum())
             if slots == 2:
-                row["dice_net1_vs_net2"] = mask_dice(labels[0], labels[1])
+                row["dice_net1_vs_net2"] = _annotated_dice(labels[0], labels[1])
             for name, label in zip(nets, labels):
-                row[f"dice_{name}_vs_source"] = mask_dice(label, case.source)
-            row["dice_source_vs_clean"] = float("nan") if case.clean is None else mask_dice(case.source, case.clean)
+                row[f"dice_{name}_vs_source"] = _annotated_dice(label, case.source)
+            row["dice_source_vs_clean"] = float("nan") if case.clean is None else \
+                _annotated_dice(case.source, case.clean)
             for name, label in zip(nets, labels):
-                row[f"dice_{name}_vs_clean"] = float("nan") if case.clean is None else mask_dice(label, case.clean)
+                row[f"dice_{name}_vs_clean"] = float("nan") if case.clean is None else \
+                    _annotated_dice(label, case.clean)
 
             outputs = dict(zip(nets, labels))
             if slots == 2:
-                agreement = ((labels[0] > 0) & (labels[1] > 0)).astype(np.uint8)
+                agreement = (_foreground(labels[0]) & _foreground(labels[1])).astype(np.uint8)
                 outputs["agreement"] = agreement
                 row["agreement_voxels"] = int(agreement.sum())
             for name, mask in outputs.items():
                 file_name = f"{stem}_{name}{suffix}"
-                _write(mask, reference, prep, tmp / file_name)
+                _write(mask, reference, prep, tmp / file_name, case.label_kind == SCRIBBLE and name != "agreement")
                 row[f"file_{name}"] = file_name
             rows.append(row)
         table = pd.DataFrame(rows)

@@ -134,7 +134,7 @@ def _break(kind, tiny_case, write_volume, blob):
         return path, r"manifest.csv: missing required column 'label_kind'"
     if kind == "unknown label_kind":
         return tiny_case([{}, {"label_kind": "good"}]), \
-            r"manifest.csv row 2: label_kind must be one of \['hq', 'lq', 'none'\], got 'good'"
+            r"manifest.csv row 2: label_kind must be one of \['hq', 'lq', 'scribble', 'none'\], got 'good'"
     if kind == "unknown split":
         return tiny_case([{"split": "dev"}]), r"manifest.csv row 1: split must be one of .*, got 'dev'"
     raise AssertionError(kind)

@@ -41,7 +41,7 @@ def test_image_column_errors(columns, match):
 
 
 @pytest.mark.parametrize("rows, match", [
-    ([{"label_kind": "good"}], r"manifest.csv row 1: label_kind must be one of \['hq', 'lq', 'none'\], got 'good'"),
+    ([{"label_kind": "good"}], r"manifest.csv row 1: label_kind must be one of \['hq', 'lq', 'scribble', 'none'\], got 'good'"),
     ([{}, {"split": "training"}], r"manifest.csv row 2: split must be one of \['train', 'val', 'test'\], got 'training'"),
     ([{}, {"case_id": "c0", "split": "train"}], r"row 2: duplicate \(case_id, annotator\) = \('c0', ''\) in split 'train'"),
     ([{}, {"case_id": "c0"}], r"row 2: duplicate .* in splits 'train' and 'val'"),

@@ -22,12 +22,14 @@ from aide_ray.config import demo_config
 from aide_ray.data.demo import make_demo_data
 from aide_ray.data.ingest import ingest
 from aide_ray.data.manifest import write_manifest
+from aide_ray.data.noise import corrupt_manifest
 from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.shards import load_dataset_info, read_slices_local
 from aide_ray.engine.local import train_local
 from aide_ray.engine.step import make_optimizers
 from aide_ray.eval.dice import mask_dice
 from aide_ray.exceptions import CheckpointError, InputError
+from aide_ray.label_values import UNANNOTATED
 from aide_ray.labels import LabelStore
 from aide_ray.labels.export import LABELS_CSV, export_labels
 from aide_ray.methods.registry import method_class
@@ -260,3 +262,51 @@ def test_export_real_run(shards, tmp_path):
     for row in table.itertuples():
         image, arr = _read(tmp_path / "out" / row.file_net1)
         assert image.GetSize() == (32, 32, 4) and set(np.unique(arr)) <= {0, 1}
+
+
+def test_export_scribbles_keeps_255_where_uncorrected(tmp_path):
+    # Scribbles drawn from the demo masks; 32 px slices cropped to 24 (4 px a side never trained on).
+    raw = make_demo_data(tmp_path / "raw", cases=4, slices=4, size=32)
+    scribbles = corrupt_manifest(raw, tmp_path / "scribbles", "scribbles", seed=0)
+    shards_dir = ingest(scribbles, tmp_path / "shards", Preprocessing(size=24), progress=False)
+    rows = _case_rows(shards_dir, "case_000")
+    full = _square(6, 18, 4, 16, size=24)
+    run = _fake_run(tmp_path / "run", shards_dir, "aide", [(0, int(rows[1]), full), (1, int(rows[1]), full)])
+
+    table = export_labels(run, tmp_path / "out").set_index("case_id")
+
+    cases = {c["case_id"]: c for c in load_dataset_info(shards_dir)["cases"]}
+    assert {cases[c]["label_kind"] for c in table.index} == {"scribble"}
+    _, scribble = _read(Path(cases["case_000"]["label"]))
+    _, net1 = _read(tmp_path / "out" / "case_000_net1.nii.gz")
+    inside = (slice(None), slice(4, 28), slice(4, 28))
+    expected = np.full_like(scribble, UNANNOTATED)  # what the crop removed is unannotated
+    expected[inside] = scribble[inside]
+    expected[1][4:28, 4:28] = full  # the corrected slice is a full label (inside the crop)
+    np.testing.assert_array_equal(net1, expected)
+    assert (scribble[inside] == UNANNOTATED).any() and (scribble == 1).any()
+    _, agreement = _read(tmp_path / "out" / "case_000_agreement.nii.gz")
+    np.testing.assert_array_equal(agreement, (expected == 1).astype(np.uint8))  # 255 is not foreground
+    # Dice over annotated pixels: an uncorrected scribble agrees with its source and with the
+    # mask it was drawn from; the full correction agrees with the scribble only where the scribble says so.
+    assert table.loc["case_001", "dice_net1_vs_source"] == pytest.approx(1.0)
+    assert table.loc["case_001", "dice_source_vs_clean"] < 1.0  # demo train labels are the noisy ones
+    assert table.loc["case_000", "corrected_slices_net1"] == 1
+    assert table.loc["case_000", "dice_net1_vs_source"] < 1.0
+
+
+def test_export_png_scribble_keeps_its_values(tmp_path):
+    root = tmp_path / "png"
+    root.mkdir()
+    scribble = np.full((32, 28), UNANNOTATED, np.uint8)
+    scribble[10:14, 6:20], scribble[1, :] = 1, 0
+    image = (np.arange(32 * 28).reshape(32, 28) % 200).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(image), str(root / "img.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(scribble), str(root / "scr.png"))
+    write_manifest(pd.DataFrame([{"case_id": "p0", "image": "img.png", "label": "scr.png",
+                                  "label_kind": "scribble", "split": "train"}]), root / "manifest.csv")
+    shards_dir = ingest(root / "manifest.csv", root / "shards", Preprocessing(size=32), progress=False)
+    run = _fake_run(tmp_path / "run", shards_dir, "supervised", [])
+    export_labels(run, tmp_path / "out")
+    _, arr = _read(tmp_path / "out" / "p0_net1.png")
+    np.testing.assert_array_equal(arr, scribble)  # 1 stays 1 (not 255), 255 stays unannotated
