@@ -47,7 +47,10 @@ __all__ = [
     "all_keys",
     "parse_overrides",
     "DEMO_SETTINGS",
+    "PRECISIONS",
 ]
+
+PRECISIONS = ("fp32", "bf16")  # the training step's arithmetic (engine.step.autocast)
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class Config(Section):
     workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    precision: str = "fp32"  # the training step: "fp32" or "bf16" autocast (engine/step.py; CUDA, CPU allowed)
+    channels_last: bool = False  # nets and training batches in channels-last (NHWC) memory format (CUDA convs)
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -157,9 +162,13 @@ class Config(Section):
         self._in_range("batch_size", 2, None)  # small-loss selection needs at least two samples
         self._in_range("workers", 1, None)
         self._in_range("cpus_per_worker", 0.0, None, lo_open=True)
+        self._one_of("precision", PRECISIONS)
         needs = method_class(self.method).needs_unet
         if needs and self.model.name != "unet":
             fail("model.name", f"'unet' for method {self.method!r}, which {needs}", self.model.name)
+        if self.model.deep_supervision and not method_class(self.method).reads_pyramid:
+            fail("model.deep_supervision", f"false for method {self.method!r}, which never reads the heads (DDP "
+                 "fails on parameters without gradients; urpc reads them and turns them on itself)", True)
         self.tracking.check_storage(self.run.storage_path)
 
     @property

@@ -18,13 +18,14 @@ before and after the Ray run and both are averaged, so that a change in
 machine load during the benchmark affects both sides alike.
 
 On a shared machine the two sides must also compete for the cores alike.
-Linux's autogroup scheduler shares CPU time between sessions, and Ray's
-processes (the Train worker and the Ray Data tasks) run in the Ray node's
-session with the niceness Ray gives its workers, while the benchmark's own
-process shares the caller's session with everything else started from it.
-So by default the local backend runs inside a 1-CPU Ray task: a process
-exactly like the Train worker, which calls no Ray API (``--plain-in process``
-runs it in this process instead).
+Ray's worker processes (the Train worker and the Ray Data tasks) lower their own
+priority to Ray's ``worker_niceness`` (nice 15 by default; an embedded Ray of
+:func:`aide_ray.distributed.runtime.init_ray` sets 0), and they run in the
+driver's session, so Linux's autogroup scheduler weighs them against the
+benchmark's own process by niceness (docs/performance.md, "Start-up"). So by
+default the local backend runs inside a 1-CPU Ray task: a process exactly like
+the Train worker, which calls no Ray API (``--plain-in process`` runs it in this
+process instead).
 
 Target: ratio <= 1.15. Run from the repository root:
 ``python benchmarks/ray_overhead.py``; the last line is ``ray_overhead_ratio=VALUE``.

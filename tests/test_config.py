@@ -49,6 +49,10 @@ def test_round_trip_through_yaml(tmp_path):
     ("use_gpu=maybe", r"use_gpu must be true or false, got 'maybe'"),
     ("method=aidee", r"method must be one of .* \(did you mean 'aide'\?\), got 'aidee'"),
     ("epochs", r"override 'epochs' must look like key=value"),
+    ("precision=fp16", r"precision must be one of \['fp32', 'bf16'\] \(did you mean 'bf16'\?\), got 'fp16'"),
+    ("channels_last=2", r"channels_last must be true or false, got 2"),
+    ("model.deep_supervision=true", r"model.deep_supervision must be false for method 'aide', which never reads the "
+                                    r"heads \(DDP fails on parameters without gradients; urpc reads them"),
 ])
 def test_bad_values_name_the_key_and_the_allowed_range(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -73,3 +77,12 @@ def test_missing_and_malformed_files(tmp_path):
 
 def test_exponent_floats_without_a_dot_are_numbers():
     assert load_config(None, ["optim.lr=3e-3"]).optim.lr == 0.003
+
+
+def test_precision_and_channels_last_are_top_level_keys():
+    cfg = load_config(None, ["precision=bf16", "channels_last=true"])
+    assert (cfg.precision, cfg.channels_last) == ("bf16", True)
+    assert (Config().precision, Config().channels_last) == ("fp32", False)
+    assert load_config(None, ["method=urpc", "model.deep_supervision=true"]).model.deep_supervision
+    with pytest.raises(ConfigError, match=r"^model.deep_supervision must be false for method 'cct'"):
+        load_config(None, ["method=cct", "model.deep_supervision=true"])

@@ -42,6 +42,12 @@ __all__ = ["init_ray", "embedded_cpus", "started_embedded", "start_watcher", "WO
 
 # Environment of every Ray worker process of an embedded Ray.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
+# Ray's core worker calls nice(worker_niceness) at start, 15 by default, so that busy workers yield to Ray's own
+# processes. Ray starts them in the driver's session (setpgrp, no setsid), so under Linux's autogroup scheduler
+# a Train worker at nice 15 gets about 3% of a core beside any busy nice-0 process of that session (the driver,
+# another job started from the same shell). An embedded Ray's workers are the user's job: the driver's
+# priority, 0, unless RAY_worker_niceness is set (docs/performance.md, "Start-up").
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 WATCH_INTERVAL_S = 1.0  # how often the watcher records new descendants (agents start within seconds)
 _GRACE_S = 3.0  # after the driver is gone: time Ray's own shutdown gets, then again after SIGTERM
 
@@ -92,7 +98,8 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
         kwargs["_temp_dir"] = temp_dir
     if dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
-    env = {**WORKER_ENV, **(QUIET_WORKER_ENV if quiet else {})}
+    env = {**WORKER_ENV, WORKER_NICENESS_ENV: os.environ.get(WORKER_NICENESS_ENV, "0"),
+           **(QUIET_WORKER_ENV if quiet else {})}
     ray.init(num_cpus=num_cpus or embedded_cpus(worker_cpus), include_dashboard=dashboard,
              runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
              _node_ip_address="127.0.0.1", **kwargs)

@@ -40,6 +40,7 @@ class TrainState:
         cache: this worker's copy of the label store's corrections.
         kind_counts: the training split's rows per label kind (``dataset.json``).
         batch_size: rows per batch per worker.
+        precision, channels_last: the step's arithmetic and memory format (``precision``, ``channels_last``).
     """
 
     method: Method
@@ -49,6 +50,8 @@ class TrainState:
     cache: LabelCache
     kind_counts: dict[str, int]
     batch_size: int
+    precision: str = "fp32"
+    channels_last: bool = False
 
 
 @dataclass
@@ -88,7 +91,8 @@ def _train_pass(state: TrainState, backend: Backend, epoch: int) -> dict[str, An
         backend.before_step(epoch, steps)
         batch = to_batch(raw, state.cache, method.label_slots, backend.device)
         corrected += corrected_rows(batch, raw)
-        for key, value in train_one_step(method, state.nets, state.optimizers, batch, epoch).items():
+        for key, value in train_one_step(method, state.nets, state.optimizers, batch, epoch, precision=state.precision,
+                                         channels_last=state.channels_last).items():
             sums[key] += value
         steps += 1
         slices += len(batch)

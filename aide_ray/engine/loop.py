@@ -24,7 +24,7 @@ from aide_ray.engine.backend import Backend
 from aide_ray.engine.epoch import EpochResult, TrainState, run_epoch
 from aide_ray.engine.report import progress_line
 from aide_ray.engine.scoring import gather_panels
-from aide_ray.engine.step import make_optimizers
+from aide_ray.engine.step import check_precision, make_optimizers, to_channels_last
 from aide_ray.labels import LabelCache
 from aide_ray.methods.base import Method
 from aide_ray.methods.registry import create_method
@@ -38,16 +38,19 @@ __all__ = ["train_loop", "SCORE_COLUMNS"]
 SCORE_COLUMNS = ["epoch", "sample_index", "slot", "dice_pred_vs_label", "dice_label_vs_clean"]
 
 
-def _build(cfg: Config, in_channels: int, backend: Backend) -> tuple[Method, dict[str, torch.nn.Module]]:
+def _build(cfg: Config, in_channels: int, backend: Backend) -> tuple[Method, dict[str, torch.nn.Module], list[str]]:
+    """The method and its nets on the backend's device; also what ``model.init_from`` left at initialisation."""
+    check_precision(cfg.precision, backend.device)
     method = create_method(cfg, in_channels)
     torch.manual_seed(cfg.seed)
     nets = method.build_nets()
     sources = parse_init_from(cfg.model.init_from, method.net_names)
-    if sources:
-        init_nets_from(nets, sources)
+    notes = [loaded.describe() for loaded in init_nets_from(nets, sources) if loaded.partial] if sources else []
+    if cfg.channels_last:
+        nets = {name: to_channels_last(net) for name, net in nets.items()}
     nets = {name: backend.prepare_net(net) if name in method.trained_nets else net.to(backend.device)
             for name, net in nets.items()}
-    return method, nets
+    return method, nets, notes
 
 
 def _restore(folder: Path, nets: dict[str, torch.nn.Module], backend: Backend) -> tuple[int, dict[str, Any],
@@ -95,11 +98,14 @@ def train_loop(cfg: Config, info: dict[str, Any], backend: Backend, *, verbose: 
         The metrics rows of every epoch (including restored ones).
     """
     in_channels = int(info["shape"][0])
-    method, nets = _build(cfg, in_channels, backend)
+    method, nets, init_notes = _build(cfg, in_channels, backend)
     start_epoch, restored, history, scores = 0, None, [], []
     with backend.checkpoint_to_restore() as folder:
         if folder is not None:
             start_epoch, restored, history, scores = _restore(Path(folder), nets, backend)
+    if restored is None and backend.rank == 0 and verbose:
+        for note in init_notes:  # a resumed run's nets come from its checkpoint instead
+            backend.announce(note)
     optimizers, schedulers = _optimizers(cfg, method, nets, start_epoch)
     # Optimiser state carries over only within a phase; a new phase starts fresh optimisers.
     if restored is not None and method.phase(start_epoch - 1).index == method.phase(start_epoch).index:
@@ -112,7 +118,8 @@ def train_loop(cfg: Config, info: dict[str, Any], backend: Backend, *, verbose: 
     cache.apply(backend.labels.changes_since(0))
     kind_counts = info["counts"]["split_label_kind"].get(cfg.data.train_split, {})
     state = TrainState(method=method, nets=nets, optimizers=optimizers, schedulers=schedulers, cache=cache,
-                       kind_counts=kind_counts, batch_size=cfg.batch_size)
+                       kind_counts=kind_counts, batch_size=cfg.batch_size, precision=cfg.precision,
+                       channels_last=cfg.channels_last)
 
     for epoch in range(start_epoch, cfg.epochs):
         if epoch > start_epoch and method.phase(epoch).index != method.phase(epoch - 1).index:

@@ -100,6 +100,9 @@ class Method:
         needs_unet: why the method needs the built-in U-Net's internals (its encoder,
             decoder or pyramid), checked with the config; "" for a method that works with
             any backbone mapping (B, M, H, W) to logits (B, C, H, W) (``model.name``).
+        reads_pyramid: whether its step trains the deep-supervision heads (``net(x, pyramid=True)``);
+            ``model.deep_supervision=true`` is a config error for a method that does not (the
+            untrained heads would fail DDP).
     """
 
     name: ClassVar[str] = ""
@@ -110,6 +113,7 @@ class Method:
     label_slots: ClassVar[int] = 1
     uses_unlabelled: ClassVar[bool] = False
     needs_unet: ClassVar[str] = ""
+    reads_pyramid: ClassVar[bool] = False
 
     def __init__(self, options: Any, model: ModelConfig, in_channels: int) -> None:
         if not isinstance(options, self.Options):

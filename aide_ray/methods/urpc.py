@@ -121,6 +121,7 @@ class Urpc(Method):
     label_slots: ClassVar[int] = 1
     uses_unlabelled: ClassVar[bool] = True
     needs_unet: ClassVar[str] = "reads the U-Net decoder's deep-supervision pyramid (net(x, pyramid=True))"
+    reads_pyramid: ClassVar[bool] = True
 
     def build_nets(self) -> dict[str, nn.Module]:
         model = dataclasses.replace(self.model, deep_supervision=True)

@@ -34,10 +34,11 @@ from aide_ray.methods.registry import create_method
 from aide_ray.nn.modules import unwrap
 from aide_ray.runs.folder import (BEST_POINTER, CHECKPOINT_PREFIX, DATASET_FILE, FILES_MANIFEST, LABEL_STORE_FILE,
                                   METRICS_FILE, STATE_FILE, checkpoint_dirs)
+from aide_ray.runs.net_weights import NetInit, load_matching
 
 __all__ = ["FORMAT", "LoadedCheckpoint", "CheckpointChoice", "save_checkpoint", "seal_checkpoint",
            "verify_checkpoint", "choose_checkpoint", "newest_valid_checkpoint", "load_state", "load_checkpoint",
-           "resolve_checkpoint", "init_nets_from"]
+           "resolve_checkpoint", "init_nets_from", "NetInit"]
 
 FORMAT = "aide_ray/1"
 _HASH_CHUNK = 1 << 20
@@ -274,7 +275,7 @@ def _first_eval_net(state: Mapping[str, Any]) -> str:
     return "teacher" if "teacher" in state["nets"] else next(iter(state["nets"]))
 
 
-def init_nets_from(nets: Mapping[str, nn.Module], sources: Mapping[str, str | Path]) -> list[Path]:
+def init_nets_from(nets: Mapping[str, nn.Module], sources: Mapping[str, str | Path]) -> list[NetInit]:
     """Load checkpoint weights into fresh ``nets`` (``model.init_from``), in place.
 
     Args:
@@ -283,14 +284,20 @@ def init_nets_from(nets: Mapping[str, nn.Module], sources: Mapping[str, str | Pa
             the checkpoint's net of the same name if it has one, else the
             checkpoint's first inference net: a supervised "net" starts an AIDE twin.
 
+    Every tensor of the net is loaded but auxiliary heads: a plain U-Net's
+    checkpoint starts URPC's net (its pyramid heads) and CCT's (its auxiliary
+    decoders) with those left at their initialisation, and a URPC or CCT
+    checkpoint starts a plain U-Net without its heads; :attr:`NetInit.left_at_init`
+    and :attr:`NetInit.ignored` say which.
+
     Returns:
-        The checkpoint folders used.
+        What each net took from where, in the order of ``sources``.
 
     Raises:
         CheckpointError: a path is no checkpoint, or its nets do not fit (another
             width, class count or number of input channels).
     """
-    used = []
+    loaded = []
     states: dict[Path, dict[str, Any]] = {}
     for name, path in sources.items():
         folder = resolve_checkpoint(path)
@@ -299,10 +306,12 @@ def init_nets_from(nets: Mapping[str, nn.Module], sources: Mapping[str, str | Pa
         state = states[folder]
         weights = state["nets"].get(name, state["nets"][_first_eval_net(state)])
         try:
-            unwrap(nets[name]).load_state_dict(weights)
+            left, ignored = load_matching(nets[name], weights)
         except RuntimeError as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            detail = next((line for line in lines if line.startswith("size mismatch")), lines[0] if lines else "")
             raise CheckpointError(f"model.init_from: the nets of {folder} do not fit this model "
                                   f"(model.base_width, model.num_classes and the input channels must match): "
-                                  f"{str(e).splitlines()[0]}") from e
-        used.append(folder)
-    return used
+                                  f"{detail}") from e
+        loaded.append(NetInit(net=name, folder=folder, left_at_init=tuple(left), ignored=tuple(ignored)))
+    return loaded

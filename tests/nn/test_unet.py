@@ -104,7 +104,7 @@ def test_encode_then_decode_is_forward():
 
 
 def test_build_model_reads_deep_supervision():
-    cfg = load_config(None, ["model.base_width=4", "model.deep_supervision=true"])
+    cfg = load_config(None, ["method=urpc", "model.base_width=4", "model.deep_supervision=true"])
     assert len(build_model(cfg.model, 1)(torch.randn(1, 1, 32, 32), pyramid=True)) == 4
     default = load_config(None, ["model.base_width=4"]).model
     assert not default.deep_supervision and not hasattr(build_model(default, 2).decoder, "aux_heads")
