@@ -8,6 +8,12 @@ candidates (:class:`LowestK`), so memory stays bounded while the global
 lowest-k is exact. The validation pass sums per-case overlap counts of the
 ensemble's prediction, so the validation Dice is per case whatever the split
 of a case's slices over workers.
+
+A scribble label (pixels ``UNANNOTATED`` where nobody drew) is scored on its
+annotated pixels only, in both passes: a prediction is neither rewarded nor
+punished where the label says nothing. The label-versus-clean diagnostic reads
+an unannotated pixel as "not marked foreground", so it measures how much of the
+structure a label marks and rises as corrections fill a scribble in.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 
 from aide_ray.eval.dice import dice, dice_from_counts, mask_dice, overlap_counts
+from aide_ray.label_values import UNANNOTATED
 from aide_ray.labels import LabelCache
 from aide_ray.methods.base import Method
 from aide_ray.methods.correction import CorrectionPlan, largest_component_per_class
@@ -142,13 +149,14 @@ def score_pass(method: Method, nets: Mapping[str, nn.Module], rows: Iterable[Map
         if slots >= 2:
             result.twin_dice_sum += float(np.sum(dice(preds[0], preds[1], method.num_classes)[labelled]))
         for slot, pred in enumerate(preds):
-            scores = dice(pred, current[:, slot], method.num_classes)
+            scores = dice(pred, current[:, slot], method.num_classes, annotated=current[:, slot] != UNANNOTATED)
             result.dice_sum[slot] += float(np.sum(scores[labelled]))
             result.candidates[slot].add(index[eligible], scores[eligible], new_labels[slot][eligible],
                                         raw["label"][eligible])
             for i in np.flatnonzero(has_clean & labelled & (index < SCORE_SAMPLES_CAP)):
+                marked = np.where(current[i, slot] == UNANNOTATED, 0, current[i, slot])
                 result.score_rows.append((int(index[i]), slot, float(scores[i]),
-                                          mask_dice(current[i, slot], raw["clean_label"][i])))
+                                          mask_dice(marked, raw["clean_label"][i])))
         result.count += int(labelled.sum())
         if keep_panels:
             _keep_panels(result.panels, raw, current, has_clean & ~hq, slots)
@@ -176,7 +184,9 @@ def val_pass(method: Method, nets: Mapping[str, nn.Module], rows: Iterable[Mappi
     for raw in rows:
         image = torch.from_numpy(np.ascontiguousarray(raw["image"], dtype=np.float32)).to(device)
         pred = ensemble_probs(nets, method.eval_nets, image).argmax(1).cpu().numpy()
-        inter, p_sum, r_sum = overlap_counts(pred, raw["label"], method.num_classes)
+        reference = np.asarray(raw["label"])
+        inter, p_sum, r_sum = overlap_counts(pred, reference, method.num_classes,
+                                             annotated=reference != UNANNOTATED)
         for i, case in enumerate(raw["case_id"]):
             row = np.stack([inter[i], p_sum[i], r_sum[i]])
             counts[str(case)] = counts[str(case)] + row if str(case) in counts else row

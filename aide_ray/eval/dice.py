@@ -10,6 +10,12 @@ worst) or NaN (the case is left out of means, as nnU-Net does).
 
 The functions accept numpy arrays or torch tensors and return the same kind,
 so the engine scores on the device without a copy to the host.
+
+A partial label (a scribble) says nothing about the pixels nobody annotated, so
+a caller scoring against one passes ``annotated`` (the reference's pixels that
+are not ``aide_ray.label_values.UNANNOTATED``) and only those pixels are counted.
+It is explicit rather than read from the values because a binary mask stored as
+{0, 255} is a legitimate input here (any value > 0 is foreground).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ def _flat_sum(mask: Any) -> Any:
     return mask.reshape(mask.shape[0], -1).sum(1, dtype=np.int64)
 
 
-def overlap_counts(pred: Any, ref: Any, num_classes: int | None = None) -> tuple[Any, Any, Any]:
+def overlap_counts(pred: Any, ref: Any, num_classes: int | None = None, *,
+                   annotated: Any | None = None) -> tuple[Any, Any, Any]:
     """Per sample and class: |pred ∩ ref|, |pred|, |ref|.
 
     Args:
@@ -38,6 +45,8 @@ def overlap_counts(pred: Any, ref: Any, num_classes: int | None = None) -> tuple
         ref: same shape and kind as ``pred``.
         num_classes: C including the background; None or 2: one foreground
             class, "foreground" being any value > 0.
+        annotated: optional bool map of the same shape and kind; only its true
+            pixels are counted (a scribble reference: its annotated pixels).
     Returns:
         Three (B, K) int64 arrays (K = 1 for binary, else C - 1 foreground classes).
     Raises:
@@ -46,11 +55,15 @@ def overlap_counts(pred: Any, ref: Any, num_classes: int | None = None) -> tuple
     if tuple(pred.shape) != tuple(ref.shape) or len(pred.shape) < 2:
         raise ValueError(f"pred and ref must have the same shape (B, ...), got {tuple(pred.shape)} "
                          f"and {tuple(ref.shape)}")
+    if annotated is not None and tuple(annotated.shape) != tuple(ref.shape):
+        raise ValueError(f"annotated must have the shape of ref {tuple(ref.shape)}, got {tuple(annotated.shape)}")
     classes: list[int | None] = [None] if num_classes is None or num_classes <= 2 else list(range(1, num_classes))
     inter, p_sum, r_sum = [], [], []
     for c in classes:
         p = pred > 0 if c is None else pred == c
         r = ref > 0 if c is None else ref == c
+        if annotated is not None:
+            p, r = p & annotated, r & annotated
         inter.append(_flat_sum(p & r))
         p_sum.append(_flat_sum(p))
         r_sum.append(_flat_sum(r))
@@ -79,7 +92,8 @@ def dice_from_counts(intersection: Any, pred_sum: Any, ref_sum: Any, *, both_emp
     return float(score) if score.ndim == 0 else score
 
 
-def dice(pred: Any, ref: Any, num_classes: int | None = None, *, both_empty: float = 1.0) -> Any:
+def dice(pred: Any, ref: Any, num_classes: int | None = None, *, both_empty: float = 1.0,
+         annotated: Any | None = None) -> Any:
     """Hard Dice of each sample of a batch.
 
     With ``num_classes`` None (or 2) the foreground Dice; otherwise the mean
@@ -91,10 +105,11 @@ def dice(pred: Any, ref: Any, num_classes: int | None = None, *, both_empty: flo
         ref: same shape.
         num_classes: C including the background, or None for binary foreground.
         both_empty: score of a class whose prediction and reference are both empty.
+        annotated: optional bool map like ``ref``: only these pixels count (see :func:`overlap_counts`).
     Returns:
         (B,) scores: float32 torch on ``pred``'s device, or float64 numpy.
     """
-    scores = dice_from_counts(*overlap_counts(pred, ref, num_classes), both_empty=both_empty)
+    scores = dice_from_counts(*overlap_counts(pred, ref, num_classes, annotated=annotated), both_empty=both_empty)
     if scores.shape[1] == 1:
         return scores[:, 0]
     if isinstance(scores, torch.Tensor):

@@ -34,8 +34,9 @@ class Batch:
         image: (B, M, H, W) float32, M modalities, normalised intensities.
         labels: (B, S, H, W) int64 class indices, the *current* label of each of
             the method's S label slots (slot i belongs to net i; AIDE has S = 2,
-            every other method S = 1). Rows without a label hold zeros.
-        labelled: (B,) bool, the row has a label (``label_kind`` is hq or lq).
+            every other method S = 1). Rows without a label hold zeros; a scribble
+            row holds ``aide_ray.label_values.UNANNOTATED`` (255) where nobody drew.
+        labelled: (B,) bool, the row has a label (``label_kind`` is hq, lq or scribble).
         hq: (B,) bool, the row's source label is high quality.
         sample_index: (B,) int64, the dataset-wide index of the row's sample.
     """

@@ -20,6 +20,8 @@ import numpy as np
 from scipy import ndimage
 from torch import Tensor
 
+from aide_ray.data.label_kinds import HQ, LQ, SCRIBBLE
+
 __all__ = [
     "CorrectionPlan",
     "should_update",
@@ -69,8 +71,13 @@ class CorrectionPlan:
         return eligible_mask(labelled, hq, self.correct_hq)
 
     def eligible_count(self, kind_counts: Mapping[str, int]) -> int:
-        """Eligible training samples, from the rows per label kind (``dataset.json``'s counts of the split)."""
-        return int(kind_counts.get("lq", 0)) + (int(kind_counts.get("hq", 0)) if self.correct_hq else 0)
+        """Eligible training samples, from the rows per label kind (``dataset.json``'s counts of the split).
+
+        Scribble rows are never HQ, so they are eligible like LQ rows: a correction turns a
+        partial label into a full one.
+        """
+        correctable = int(kind_counts.get(LQ, 0)) + int(kind_counts.get(SCRIBBLE, 0))
+        return correctable + (int(kind_counts.get(HQ, 0)) if self.correct_hq else 0)
 
     def count(self, n_eligible: int, already_corrected: int = 0) -> int:
         """k, the samples a scoring slot relabels: ``correction_count(ratio, n_eligible)``, less what

@@ -33,6 +33,13 @@ _METHODS: dict[str, str] = {
     "clslsr": "aide_ray.methods.clslsr:ClSlsr",
     "trinet": "aide_ray.methods.trinet:TriNet",
     "dast": "aide_ray.methods.dast:Dast",
+    "pce": "aide_ray.methods.pce:Pce",
+    "scribble_entmin": "aide_ray.methods.scribble_entmin:ScribbleEntMin",
+    "tv": "aide_ray.methods.tv:Tv",
+    "mumford_shah": "aide_ray.methods.mumford_shah:MumfordShah",
+    "gated_crf": "aide_ray.methods.gated_crf:GatedCrf",
+    "ustm": "aide_ray.methods.ustm:Ustm",
+    "dmpls": "aide_ray.methods.dmpls:Dmpls",
 }
 
 METHOD_NAMES: frozenset[str] = frozenset(_METHODS)

@@ -3,7 +3,10 @@
 Every loss here returns one value per sample, shape (B,), so that methods can
 rank samples (AIDE's and co-teaching's small-loss selection) before reducing.
 Inputs are logits (B, C, H, W) from :mod:`aide_ray.nn.unet` or probabilities
-where the name says so; C counts the background class (class 0).
+where the name says so; C counts the background class (class 0). A target pixel
+holding :data:`aide_ray.label_values.UNANNOTATED` (a scribble's unmarked pixel)
+is left out of every label-based loss here, so that a partial label trains only
+where somebody drew.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from aide_ray.label_values import UNANNOTATED
+
 __all__ = [
     "soft_dice_loss_per_sample",
     "segmentation_loss_per_sample",
     "confidence_map",
     "consistency_loss_per_sample",
     "sharpen",
+    "annotated_target",
 ]
 
 
@@ -30,6 +36,29 @@ def _check_target(probs_or_logits: Tensor, target: Tensor, name: str) -> None:
                          f"got {tuple(target.shape)}")
     if target.dtype != torch.int64:
         raise TypeError(f"target must be int64 class indices, got {target.dtype}")
+
+
+def annotated_target(target: Tensor, pixel_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """A target the one-hot and cross-entropy code can read, and the pixels that count.
+
+    Pixels holding ``UNANNOTATED`` get class 0 (any valid index: they are masked out)
+    and leave the returned mask. A target without such pixels comes back as it is,
+    with ``pixel_mask`` unchanged, so that full labels keep the exact arithmetic of
+    the unmasked losses.
+
+    Args:
+        target: (B, H, W) int64 class indices or ``UNANNOTATED``.
+        pixel_mask: optional (B, H, W) bool/float mask the caller already applies.
+
+    Returns:
+        ``(target, mask)``: mask is None (every pixel counts) or (B, H, W) float.
+    """
+    unannotated = target == UNANNOTATED
+    if not bool(unannotated.any()):
+        return target, pixel_mask
+    annotated = (~unannotated).to(torch.float32)
+    mask = annotated if pixel_mask is None else annotated * pixel_mask.to(torch.float32)
+    return target.masked_fill(unannotated, 0), mask
 
 
 def _one_hot(target: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
@@ -49,7 +78,7 @@ def soft_dice_loss_per_sample(probs: Tensor, target: Tensor, smooth: float = 1.0
 
     Args:
         probs: (B, C, H, W) float probabilities (softmax over C).
-        target: (B, H, W) int64 class indices in [0, C).
+        target: (B, H, W) int64 class indices in [0, C), or ``UNANNOTATED`` (not counted).
         smooth: additive smoothing of numerator and denominator.
         pixel_mask: optional (B, H, W) bool/float; pixels with 0 do not count.
 
@@ -57,6 +86,7 @@ def soft_dice_loss_per_sample(probs: Tensor, target: Tensor, smooth: float = 1.0
         (B,) float loss in [0, 1].
     """
     _check_target(probs, target, "probs")
+    target, pixel_mask = annotated_target(target, pixel_mask)
     onehot = _one_hot(target, probs.shape[1], probs.dtype)
     p, y = probs[:, 1:], onehot[:, 1:]
     if pixel_mask is not None:
@@ -77,7 +107,9 @@ def segmentation_loss_per_sample(logits: Tensor, target: Tensor, ce_weight: floa
 
     Args:
         logits: (B, C, H, W) float logits.
-        target: (B, H, W) int64 class indices in [0, C).
+        target: (B, H, W) int64 class indices in [0, C); ``UNANNOTATED`` pixels are
+            left out of both terms, as if ``pixel_mask`` were 0 there (a scribble's
+            loss is over its annotated pixels; a row with none gives 0).
         ce_weight: weight of the cross-entropy term.
         pixel_mask: optional (B, H, W) bool/float; pixels with 0 are left out of
             both terms (cross-entropy is averaged over the remaining pixels).
@@ -86,6 +118,7 @@ def segmentation_loss_per_sample(logits: Tensor, target: Tensor, ce_weight: floa
         (B,) float loss, 0 for a perfect, confident prediction.
     """
     _check_target(logits, target, "logits")
+    target, pixel_mask = annotated_target(target, pixel_mask)
     probs = torch.softmax(logits, dim=1)
     dice = soft_dice_loss_per_sample(probs, target, smooth=1.0, pixel_mask=pixel_mask)
     ce = F.cross_entropy(logits, target, reduction="none")  # (B, H, W), stable log-sum-exp

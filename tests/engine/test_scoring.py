@@ -1,4 +1,5 @@
-"""The scoring and validation passes: lowest-k candidates, per-sample Dice, per-case validation Dice."""
+"""The scoring and validation passes: lowest-k candidates, per-sample Dice, per-case validation Dice,
+scribble labels scored on their annotated pixels."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 from aide_ray.config import load_config
 from aide_ray.engine.scoring import LowestK, case_dice, gather_panels, score_pass, val_pass
 from aide_ray.eval.dice import dice
+from aide_ray.label_values import UNANNOTATED
 from aide_ray.labels import LabelCache, LabelStore
 from aide_ray.methods.aide import Aide
 from aide_ray.methods.correction import CorrectionPlan
@@ -110,3 +112,36 @@ def test_validation_dice_is_per_case_over_workers():
     # case a: 2 * 32 / (32 + 40) = 0.889 (not the slice mean 0.5); case b: 0.
     assert case_dice([part0, part1]) == pytest.approx((64 / 72 + 0.0) / 2)
     assert np.isnan(case_dice([{}]))
+
+
+def _scribbles(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clean masks (a square) and scribbles drawn on them: a foreground stroke inside the square,
+    a background stroke along the last row, UNANNOTATED elsewhere."""
+    clean = np.zeros((n, SIZE, SIZE), np.uint8)
+    clean[:, 2:6, 2:6] = 1
+    scribble = np.full((n, SIZE, SIZE), UNANNOTATED, np.uint8)
+    scribble[:, 3:5, 3] = 1
+    scribble[:, SIZE - 1, :] = 0
+    return clean, scribble
+
+
+def test_a_scribble_label_is_scored_on_its_annotated_pixels():
+    cfg = load_config(None, ["model.base_width=4", "method=supervised"])
+    method = Supervised.from_config(cfg, 1)
+    clean, scribble = _scribbles(2)
+    rows = _rows(2, scribble)
+    rows["clean_label"] = clean
+    missed = clean.copy()
+    missed[1] = 0  # row 1 misses the structure (and its stroke)
+    plan = CorrectionPlan(ratio=0.5, targets=(0,))
+    out = score_pass(method, {"net": FixedPrediction(missed)}, [rows], LabelCache(2, 1, (SIZE, SIZE)),
+                     torch.device("cpu"), plan=plan, k_local=1, keep_panels=False)
+    # Row 0's full square covers the stroke and none of the background stroke: Dice 1 on the annotated
+    # pixels (counting the 255s as foreground, as a plain binary Dice would, gives 2 * 16 / (16 + 56)).
+    assert out.dice_sum.tolist() == [1.0]
+    assert out.candidates[0].index.tolist() == [1]
+    # The label-versus-clean diagnostic reads unannotated as unmarked: 2 of the 16 clean pixels marked.
+    assert [row[3] for row in out.score_rows] == pytest.approx([2 * 2 / (2 + 16)] * 2)
+    # Validation against a scribble reference counts its annotated pixels too.
+    counts = val_pass(method, {"net": FixedPrediction(clean)}, [rows], torch.device("cpu"))
+    assert case_dice([counts]) == pytest.approx(1.0)

@@ -2,7 +2,8 @@
 
 In the style of MONAI's DiceMetric tests: perfect and disjoint masks, a partial
 overlap computed by hand, every empty-mask case under both policies (1.0 and
-NaN), batches of numpy arrays and torch tensors, and the multi-class mean.
+NaN), batches of numpy arrays and torch tensors, the multi-class mean, and scribble references
+(only the annotated pixels count).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from aide_ray.eval.dice import dice, dice_from_counts, mask_dice, overlap_counts
+from aide_ray.label_values import UNANNOTATED
 
 NAN = float("nan")
 KINDS = ["numpy", "torch"]
@@ -147,3 +149,24 @@ def test_shapes_must_match_and_have_a_batch_axis():
         dice(PRED[None], REF[None, :, :3])
     with pytest.raises(ValueError, match="must have the same shape"):
         dice(np.zeros(4), np.zeros(4))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_only_annotated_pixels_count_against_a_scribble(kind, num_classes):
+    # The top two rows are annotated: PRED has 4 foreground pixels there, REF 5, 3 shared -> 6 / 9;
+    # pred's pixel in the unannotated bottom-right corner does not count.
+    annotated = np.zeros((4, 4), bool)
+    annotated[:2] = True
+    scribble = np.where(annotated, REF, UNANNOTATED).astype(np.uint8)
+    pred = PRED.copy()
+    pred[3, 3] = 1
+    args = (_as(kind, pred[None]), _as(kind, scribble[None]), num_classes)
+    scores = _np(dice(*args, both_empty=NAN, annotated=_as(kind, scribble[None] != UNANNOTATED)))
+    assert scores == pytest.approx([6 / 9])
+    inter, p_sum, r_sum = overlap_counts(*args, annotated=_as(kind, annotated[None]))
+    assert (_np(inter)[0, 0], _np(p_sum)[0, 0], _np(r_sum)[0, 0]) == (3, 4, 5)
+    # Without the mask the unannotated pixels count as values: a different (wrong) score.
+    assert _np(dice(*args, both_empty=NAN)) != pytest.approx([6 / 9])
+    with pytest.raises(ValueError, match="annotated must have the shape of ref"):
+        dice(*args, annotated=_as(kind, annotated))

@@ -48,6 +48,7 @@ def test_hq_is_never_eligible_unless_allowed():
 def test_plan_counts_eligible_rows_from_the_split_counts():
     plan = CorrectionPlan(ratio=0.25, targets=(1, 0))
     assert plan.eligible_count({"lq": 10, "hq": 4, "none": 7}) == 10
+    assert plan.eligible_count({"lq": 10, "scribble": 5, "hq": 4}) == 15  # a scribble may become a full label
     assert CorrectionPlan(0.25, (1, 0), correct_hq=True).eligible_count({"lq": 10, "hq": 4}) == 14
     assert plan.count(plan.eligible_count({"lq": 10})) == 3
     assert plan.eligible(np.array([True, True]), np.array([False, True])).tolist() == [True, False]

@@ -63,9 +63,10 @@ def test_method_steps_on_cuda_match_cpu(name):
     _, cpu_nets, cpu_losses = _run(name, "cpu")
     method, gpu_nets, gpu_losses = _run(name, "cuda")
     assert all(np.isfinite(gpu_losses)), gpu_losses
-    # TF32 and different kernels: close, not equal. The mean teacher's input noise is drawn on the
-    # device, from CUDA's generator, so its losses agree only roughly.
-    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=0.2 if name == "meanteacher" else 5e-2, atol=5e-3)
+    # TF32 and different kernels: close, not equal. The mean teacher's and USTM's input noise and
+    # DMPLS's dropout are drawn on the device, from CUDA's generator, so their losses agree only roughly.
+    rough = name in ("meanteacher", "ustm", "dmpls")
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=0.2 if rough else 5e-2, atol=5e-3)
     for net in method.trained_nets:
         for p in gpu_nets[net].parameters():
             assert p.device.type == "cuda"

@@ -1,4 +1,5 @@
-"""Per-sample losses: zero for perfect predictions, growing with error, ranking, confidence, sharpening."""
+"""Per-sample losses: zero for perfect predictions, growing with error, ranking, confidence, sharpening,
+unannotated (scribble) pixels left out."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aide_ray.nn.losses import (confidence_map, consistency_loss_per_sample, segmentation_loss_per_sample,
-                                sharpen, soft_dice_loss_per_sample)
+from aide_ray.label_values import UNANNOTATED
+from aide_ray.nn.losses import (annotated_target, confidence_map, consistency_loss_per_sample,
+                                segmentation_loss_per_sample, sharpen, soft_dice_loss_per_sample)
 
 
 def _target(b=3, h=16, w=16):
@@ -72,6 +74,40 @@ def test_pixel_mask_excludes_pixels():
     mask[0, 0, 0] = 0
     assert segmentation_loss_per_sample(logits, t).item() > 1e-3
     assert segmentation_loss_per_sample(logits, t, pixel_mask=mask).item() < 1e-6
+
+
+def test_unannotated_pixels_leave_both_terms():
+    # A scribble: a few annotated pixels, UNANNOTATED (255) elsewhere. The loss is the masked
+    # loss of the annotated pixels, and the prediction elsewhere does not change it.
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 8, 8, requires_grad=True)
+    full = torch.randint(0, 3, (2, 8, 8))
+    annotated = torch.zeros(2, 8, 8, dtype=torch.bool)
+    annotated[:, 2, 1:7] = True
+    annotated[1, 5:7, 3] = True
+    scribble = full.masked_fill(~annotated, UNANNOTATED)
+    loss = segmentation_loss_per_sample(logits, scribble)
+    torch.testing.assert_close(loss, segmentation_loss_per_sample(logits, full, pixel_mask=annotated))
+    torch.testing.assert_close(soft_dice_loss_per_sample(logits.softmax(1), scribble),
+                               soft_dice_loss_per_sample(logits.softmax(1), full, pixel_mask=annotated))
+    elsewhere = logits.detach() + 5.0 * torch.randn(2, 3, 8, 8) * (~annotated).unsqueeze(1)
+    torch.testing.assert_close(segmentation_loss_per_sample(elsewhere, scribble), loss.detach())
+    loss.sum().backward()
+    assert logits.grad[(~annotated).unsqueeze(1).expand_as(logits)].abs().max() == 0
+    assert logits.grad[annotated.unsqueeze(1).expand_as(logits)].abs().max() > 0
+
+
+def test_a_row_without_annotated_pixels_has_zero_loss_and_full_labels_are_unchanged():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 2, 8, 8)
+    target = torch.randint(0, 2, (2, 8, 8))
+    target[1] = UNANNOTATED
+    loss = segmentation_loss_per_sample(logits, target)
+    assert torch.isfinite(loss).all() and loss[1].item() == 0.0
+    assert annotated_target(target[:1])[1] is None  # a full label keeps the unmasked arithmetic
+    ce = F.cross_entropy(logits[:1], target[:1], reduction="none").mean(dim=(1, 2))
+    assert torch.equal(segmentation_loss_per_sample(logits[:1], target[:1]),
+                       soft_dice_loss_per_sample(logits[:1].softmax(1), target[:1]) + ce)
 
 
 def test_segmentation_loss_checks_target():

@@ -91,14 +91,21 @@ def test_a_training_step_with_a_monai_basic_unet(monai, method, slots):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets[name].parameters()), name
 
 
-@pytest.mark.parametrize("method", ["urpc", "cct"])
+UNET_ONLY = sorted(name for name in METHOD_NAMES if method_class(name).needs_unet)
+
+
+def test_the_methods_that_read_unet_internals_say_so():
+    assert UNET_ONLY == ["cct", "dmpls", "urpc"]
+
+
+@pytest.mark.parametrize("method", UNET_ONLY)
 def test_methods_reading_unet_internals_refuse_a_monai_backbone(monai, method):
     with pytest.raises(ConfigError, match=rf"model.name must be 'unet' for method '{method}', which .*U-Net"):
         load_config(None, [f"method={method}", *BASIC])
 
 
 def test_every_other_method_accepts_a_monai_backbone(monai):
-    for name in sorted(METHOD_NAMES - {"urpc", "cct"}):
+    for name in sorted(METHOD_NAMES - set(UNET_ONLY)):
         assert load_config(None, [f"method={name}", *BASIC]).model.name == "monai.BasicUNet"
 
 
