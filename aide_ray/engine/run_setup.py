@@ -126,7 +126,13 @@ def _check_trainable(cfg: Config, info: Mapping[str, Any], shards: Path | str) -
         raise InputError(f"{shards}: split {cfg.data.val_split!r} (data.val_split) has {scribbles_in_val} scribble "
                          f"slices; validation needs full masks there (corrupt-labels --protocol scribbles keeps "
                          f"them), or set data.val_split to a split with full masks")
-    if labelled == 0 and not method_class(cfg.method).uses_unlabelled:
+    scribbles = int(split.get(SCRIBBLE, 0))
+    method = method_class(cfg.method)
+    if scribbles and method.requires_full_masks(cfg.options):
+        raise InputError(f"{shards}: split {cfg.data.train_split!r} has {scribbles} scribble slices and method "
+                         f"{cfg.method!r} needs a class at every pixel; train scribbles with pce, scribble_entmin, tv, "
+                         f"mumford_shah, gated_crf, ustm, dmpls, supervised or aide (docs/methods.md)")
+    if labelled == 0 and not method.uses_unlabelled:
         raise InputError(f"{shards}: split {cfg.data.train_split!r} has no labelled rows to train {cfg.method!r} on")
     if not split:
         raise InputError(f"{shards}: split {cfg.data.train_split!r} (data.train_split) has no rows")

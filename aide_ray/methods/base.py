@@ -104,6 +104,8 @@ class Method:
         reads_pyramid: whether its step trains the deep-supervision heads (``net(x, pyramid=True)``);
             ``model.deep_supervision=true`` is a config error for a method that does not (the
             untrained heads would fail DDP).
+        full_masks_only: whether its loss needs a class at every pixel (cannot skip a scribble's
+            ``UNANNOTATED`` pixels); training it on scribble rows is an input error.
     """
 
     name: ClassVar[str] = ""
@@ -115,6 +117,12 @@ class Method:
     uses_unlabelled: ClassVar[bool] = False
     needs_unet: ClassVar[str] = ""
     reads_pyramid: ClassVar[bool] = False
+    full_masks_only: ClassVar[bool] = False
+
+    @classmethod
+    def requires_full_masks(cls, options: Any) -> bool:
+        """Whether this method, with these options, cannot train on scribble labels."""
+        return cls.full_masks_only
 
     def __init__(self, options: Any, model: ModelConfig, in_channels: int) -> None:
         if not isinstance(options, self.Options):

@@ -215,6 +215,7 @@ class ClSlsr(Method):
     Options: ClassVar[type] = ClSlsrOptions
 
     name: ClassVar[str] = "clslsr"
+    full_masks_only: ClassVar[bool] = True  # its loss has no way to skip unannotated pixels
 
     def phase(self, epoch: int) -> Phase:
         start = self.options.warmup_epochs

@@ -100,6 +100,12 @@ class CoTeaching(Method):
     Options: ClassVar[type] = CoTeachingOptions
 
     name: ClassVar[str] = "coteaching"
+
+    @classmethod
+    def requires_full_masks(cls, options: "CoTeachingOptions") -> bool:
+        # The image-level variant ranks rows by L_seg, which skips unannotated pixels; the pixel-level
+        # one ranks pixels and has no rule for an unannotated one.
+        return options.pixel_level
     net_names: ClassVar[tuple[str, ...]] = ("net1", "net2")
     trained_nets: ClassVar[tuple[str, ...]] = ("net1", "net2")
     eval_nets: ClassVar[tuple[str, ...]] = ("net1", "net2")

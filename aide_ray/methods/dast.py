@@ -209,6 +209,7 @@ class Dast(Method):
     Options: ClassVar[type] = DastOptions
 
     name: ClassVar[str] = "dast"
+    full_masks_only: ClassVar[bool] = True  # its loss has no way to skip unannotated pixels
     net_names: ClassVar[tuple[str, ...]] = ("clean", "noisy")
     trained_nets: ClassVar[tuple[str, ...]] = ("clean", "noisy")
     eval_nets: ClassVar[tuple[str, ...]] = ("clean",)

@@ -39,6 +39,7 @@ class Gce(Method):
     Options: ClassVar[type] = GceOptions
 
     name: ClassVar[str] = "gce"
+    full_masks_only: ClassVar[bool] = True  # its loss has no way to skip unannotated pixels
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
         logits = nets["net"](batch.image)

@@ -68,6 +68,7 @@ class Mae(Method):
     Options: ClassVar[type] = NoOptions
 
     name: ClassVar[str] = "mae"
+    full_masks_only: ClassVar[bool] = True  # its loss has no way to skip unannotated pixels
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
         mae = mean_absolute_error_per_sample(nets["net"](batch.image), batch.labels[:, 0])

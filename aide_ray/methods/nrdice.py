@@ -38,6 +38,7 @@ class NrDice(Method):
     Options: ClassVar[type] = NrDiceOptions
 
     name: ClassVar[str] = "nrdice"
+    full_masks_only: ClassVar[bool] = True  # its loss has no way to skip unannotated pixels
 
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
         logits = nets["net"](batch.image)

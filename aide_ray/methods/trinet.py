@@ -118,6 +118,7 @@ class TriNet(Method):
     Options: ClassVar[type] = TriNetOptions
 
     name: ClassVar[str] = "trinet"
+    full_masks_only: ClassVar[bool] = True  # its loss has no way to skip unannotated pixels
     net_names: ClassVar[tuple[str, ...]] = NET_NAMES
     trained_nets: ClassVar[tuple[str, ...]] = NET_NAMES
     eval_nets: ClassVar[tuple[str, ...]] = NET_NAMES

@@ -145,6 +145,13 @@ def test_a_run_trains_on_scribbles_and_validates_only_on_full_masks(tiny_case, w
     with pytest.raises(InputError, match=r"split 'train' \(data.val_split\) has 3 scribble slices; validation "
                                          r"needs full masks"):
         prepare_run(load_config(None, [*base, "run.name=b", "data.val_split=train"]))
+    # A loss that needs a class at every pixel is refused before training, naming the methods that fit.
+    for method in ("gce", "trinet", "coteaching"):
+        extra = ["coteaching.pixel_level=true"] if method == "coteaching" else []
+        with pytest.raises(InputError, match=rf"split 'train' has 3 scribble slices and method '{method}' needs a "
+                                             r"class at every pixel; train scribbles with pce"):
+            prepare_run(load_config(None, [*base, f"run.name=c{method}", f"method={method}", *extra]))
+    prepare_run(load_config(None, [*base, "run.name=d", "method=coteaching"]))  # image-level: L_seg skips 255
 
 
 @pytest.mark.ray
