@@ -6,10 +6,10 @@ fails with the closest valid key, an out-of-range value fails naming the key
 and the allowed range. Workers, the label store and Tune receive these
 objects, never raw dicts, so a typo can never be silently ignored.
 
-The run's own sections (data, optim, eval, run) are defined here; the model's
-in :mod:`aide_ray.nn.model_config`; experiment tracking's in
-:mod:`aide_ray.engine.tracking_config`; each method's options in the method's own file,
-found through the method registry. A method's section is keyed by its name
+The run's own sections (data, optim, eval, run) are defined here; the model's in
+:mod:`aide_ray.nn.model_config`; tracking's in :mod:`aide_ray.engine.tracking_config`; the
+cluster's in :mod:`aide_ray.distributed.cluster_config`; each method's options in the
+method's own file, found through the method registry. A method's section is keyed by its name
 (``aide.temperature``, ``gce.q``) and reached as ``cfg.options`` (the chosen
 method's) or ``cfg.options_of(name)``.
 """
@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import yaml
 
+from aide_ray.distributed.cluster_config import ClusterConfig
 from aide_ray.engine.tracking_config import TrackingConfig
 from aide_ray.exceptions import ConfigError
 from aide_ray.methods.registry import METHOD_NAMES, method_class, options_class
@@ -153,6 +154,7 @@ class Config(Section):
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)  # placement, elastic workers (multi-node)
     # Every registered method's options, keyed by method name (YAML: top-level sections).
     method_options: dict[str, Any] = field(default_factory=_default_method_options, repr=False)
 
@@ -170,6 +172,7 @@ class Config(Section):
             fail("model.deep_supervision", f"false for method {self.method!r}, which never reads the heads (DDP "
                  "fails on parameters without gradients; urpc reads them and turns them on itself)", True)
         self.tracking.check_storage(self.run.storage_path)
+        self.cluster.check_workers(self.workers)
 
     @property
     def options(self) -> Any:

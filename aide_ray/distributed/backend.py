@@ -7,13 +7,14 @@ supplies: its shard of the Ray Data datasets, ``torch.distributed`` collectives
 actor behind plain method calls, the checkpoint to restore, and
 ``ray.train.report``.
 
-The checkpoint to restore is the newest that verifies of two: the one Ray Train
-hands over (the latest of its ``checkpoint_manager_snapshot.json``, which may
-be a truncated one on a resume, and is the newest one after a worker restart
-within the run) and the one the driver chose and verified for ``--resume``.
-Rank 0 decides and tells the others; with neither, the run starts afresh and
-rank 0 empties the label store (labels a failed first attempt published must
-not carry over).
+The checkpoint to restore is the newest that verifies of three: the one Ray
+Train hands over (the latest of its ``checkpoint_manager_snapshot.json``, which
+may be a truncated one on a resume, and after a worker restart within the run
+the newest one Ray registered), the one the driver chose and verified for
+``--resume``, and the run folder's newest, which Ray may not have registered
+(see :meth:`RayBackend._candidates`). Rank 0 decides and tells the others; with
+none, the run starts afresh and rank 0 empties the label store (labels a failed
+first attempt published must not carry over).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -40,11 +42,15 @@ from aide_ray.engine.backend import Backend, Split
 from aide_ray.engine.loop import train_loop
 from aide_ray.exceptions import CheckpointError
 from aide_ray.runs.checkpoint import verify_checkpoint
+from aide_ray.runs.folder import checkpoint_dirs
 
-__all__ = ["RayBackend", "ActorClient", "train_loop_per_worker", "FAIL_AT_KEY", "RESTORE_KEY"]
+__all__ = ["RayBackend", "ActorClient", "train_loop_per_worker", "FAIL_AT_KEY", "RESTORE_KEY", "RUN_DIR_KEY"]
 
-FAIL_AT_KEY = "_fail_at"  # test hook: {"epoch", "step", "rank", "marker"}; the worker dies once there
+# Test hook: one point or a list of points {"epoch", "step", "rank", "marker"} where the worker dies once
+# (:meth:`RayBackend.before_step`); a point with "pause_s" pauses there once instead.
+FAIL_AT_KEY = "_fail_at"
 RESTORE_KEY = "restore_from"  # the driver's verified checkpoint of a resume (a path), or None
+RUN_DIR_KEY = "run_dir"  # the run folder (path or URI), whose newest checkpoint a restart may restore
 
 
 class ActorClient:
@@ -74,8 +80,10 @@ class RayBackend(Backend):
         self.labels = ActorClient(loop_config["label_store"])
         self.has_val = bool(loop_config["has_val"])
         self._shuffle = cfg.data.shuffle
-        self._fail_at = loop_config.get(FAIL_AT_KEY)
+        fail_at = loop_config.get(FAIL_AT_KEY) or []
+        self._fail_at = [fail_at] if isinstance(fail_at, dict) else list(fail_at)
         self._restore_from = loop_config.get(RESTORE_KEY)
+        self._run_dir = loop_config.get(RUN_DIR_KEY)
         self._shards = {split: ray.train.get_dataset_shard(split)
                         for split in ("train", "score", "val") if split != "val" or self.has_val}
 
@@ -109,52 +117,81 @@ class RayBackend(Backend):
             dist.barrier()
 
     def before_step(self, epoch: int, step: int) -> None:
-        fail = self._fail_at
-        if fail and (epoch, step, self.rank) == (fail["epoch"], fail["step"], fail["rank"]) \
-                and not os.path.exists(fail["marker"]):
-            Path(fail["marker"]).write_text(f"killed at epoch {epoch} step {step}\n")
-            os._exit(1)
+        """Fault-test hook: at a point of ``FAIL_AT_KEY`` whose marker file does not exist yet, write it
+        and die (``os._exit``), or, for a point with ``pause_s``, write this worker's node id into it and
+        wait ``pause_s`` seconds or until the point's ``release`` file exists (a test removes a node meanwhile).
+        A point with ``below_world_size`` applies only to a smaller worker group (one an elastic run should grow)."""
+        for point in self._fail_at:
+            if (epoch, step, self.rank) != (point["epoch"], point["step"], point["rank"]) \
+                    or os.path.exists(point["marker"]) or self.world_size >= point.get("below_world_size", 1 << 30):
+                continue
+            if "pause_s" not in point:
+                Path(point["marker"]).write_text(f"killed at epoch {epoch} step {step}\n")
+                os._exit(1)
+            Path(f"{point['marker']}.tmp").write_text(ray.get_runtime_context().get_node_id())
+            os.replace(f"{point['marker']}.tmp", point["marker"])  # a test reads the node id once the file exists
+            until = time.monotonic() + float(point["pause_s"])
+            while time.monotonic() < until and not os.path.exists(point.get("release") or "\0"):
+                time.sleep(0.2)
 
     @contextlib.contextmanager
     def checkpoint_to_restore(self) -> Iterator[Path | None]:
-        ray_checkpoint = ray.train.get_checkpoint()
-        candidates = []  # (name, source); checkpoint names sort in time order
-        if self._restore_from:
-            candidates.append((Path(self._restore_from).name, "driver"))
-        if ray_checkpoint is not None:
-            candidates.append((Path(ray_checkpoint.path).name, "ray"))
-        choice = self._choose(candidates, ray_checkpoint) if self.rank == 0 else None
-        choice = self.gather(choice)[0]  # every worker restores what rank 0 chose
+        candidates = self._candidates()
+        choice = self._choose(candidates) if self.rank == 0 else None
+        choice = self.gather(choice)[0]  # every worker restores what rank 0 chose: (source, path)
         if choice is None:
             if self.rank == 0:
                 self.labels.reset()  # a fresh start: nothing of an earlier attempt carries over
             yield None
-        elif choice == "driver":
-            yield Path(self._restore_from)
-        else:
-            with ray_checkpoint.as_directory() as folder:
-                yield Path(folder)
+            return
+        source, location = choice
+        checkpoint = ray.train.get_checkpoint() if source == "ray" else Checkpoint(location)
+        with checkpoint.as_directory() as folder:
+            yield Path(folder)
 
-    def _choose(self, candidates: list[tuple[str, str]], ray_checkpoint: Checkpoint | None) -> str | None:
-        """Rank 0: "ray", "driver" or None (nothing to restore); raises when none of them verifies.
+    def _candidates(self) -> list[tuple[str, str, str | None]]:
+        """(name, source, location) of what a (re)start may restore; names sort in time order.
 
-        Newest first; of one checkpoint named by both, the driver's local path first.
+        ``driver``: the verified checkpoint of a resume; ``ray``: the newest Ray Train
+        registered; ``folder``: the newest checkpoint folder of the run, when it is newer
+        than both. Ray registers a checkpoint only once every worker's report of that
+        epoch reached its controller, and a report waits in the worker until the controller
+        polls it: a worker lost just after an epoch (its node gone at the start of the
+        next) takes its report along, and Ray then hands over the checkpoint before, or
+        none. The run folder, on storage every worker reads, still holds the newer one,
+        sealed, and every checkpoint there belongs to this run (a new run never starts in
+        a folder with checkpoints), so it is restored when it verifies.
         """
+        out = []
+        if self._restore_from:
+            out.append((Path(self._restore_from).name, "driver", str(self._restore_from)))
+        ray_checkpoint = ray.train.get_checkpoint()
+        if ray_checkpoint is not None:
+            out.append((Path(ray_checkpoint.path).name, "ray", None))  # every worker has it from Ray
+        if self._run_dir and self.rank == 0:
+            folders = checkpoint_dirs(self._run_dir)
+            if folders and all(Path(folders[-1]).name > name for name, _, _ in out):
+                out.append((Path(folders[-1]).name, "folder", folders[-1]))
+        return out
+
+    def _choose(self, candidates: list[tuple[str, str, str | None]]) -> tuple[str, str | None] | None:
+        """Rank 0: (source, location) of the newest candidate that verifies, or None (nothing to restore);
+        raises when none of them verifies. Of one checkpoint named by two, the driver's local path first."""
         reasons = []
-        for name, source in sorted(candidates, key=lambda c: (c[0], c[1] == "driver"), reverse=True):
+        for name, source, location in sorted(candidates, key=lambda c: (c[0], c[1] == "driver"), reverse=True):
+            checkpoint = ray.train.get_checkpoint() if source == "ray" else Checkpoint(location)
             try:
-                if source == "driver":
-                    verify_checkpoint(self._restore_from)
-                else:
-                    with ray_checkpoint.as_directory() as folder:
-                        verify_checkpoint(folder)
+                with checkpoint.as_directory() as folder:
+                    verify_checkpoint(folder)
             except CheckpointError as e:
                 print(f"skipped {name}: {e}", flush=True)
                 reasons.append(f"{name}: {e}")
                 continue
-            if source == "ray" and self._restore_from and name != Path(self._restore_from).name:
+            if source == "folder":
+                print(f"Restoring {name}, the run folder's newest checkpoint (newer than Ray Train's)", flush=True)
+            elif source == "ray" and self._restore_from and name != Path(self._restore_from).name:
                 print(f"Restoring {name}, Ray Train's newest checkpoint of this run", flush=True)
-            return source
+            return source, location
         if reasons:
             raise CheckpointError(f"no checkpoint to restore verifies, and a run never starts over silently: "
                                   f"{'; '.join(reasons)}")
@@ -171,7 +208,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ``loop_config`` keys: ``config`` (Config.to_dict()), ``dataset_info``
     (dataset.json), ``label_store`` (actor handle), ``has_val``,
     ``torch_threads``, ``restore_from`` (the driver's checkpoint of a resume, or
-    None); optional ``_fail_at``.
+    None), ``run_dir`` (the run folder); optional ``_fail_at``.
     """
     torch.set_num_threads(int(loop_config["torch_threads"]))
     cfg = from_dict(loop_config["config"], source="train_loop_config")

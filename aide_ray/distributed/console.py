@@ -32,16 +32,23 @@ QUIET_WORKER_ENV = {
 }
 
 
-# Ray's INFO lines that ask nothing of the user: the progress-bar hint, and the raw dict of every
-# ray.train.report() call (logged by a logger named after Ray's source file, hence by its text).
-_NOTICES = ("Progress bars disabled", "Reporting training result")
+# Ray's INFO lines that ask nothing of the user: the raw dict of every ray.train.report() call (logged by
+# a logger named after Ray's source file, hence by its text).
+_NOTICES = ("Reporting training result",)
+# Ray Data logs this hint at WARNING in the driver and in every SplitCoordinator, although the quiet
+# console turned the bars off on purpose (QUIET_WORKER_ENV): dropped at any level.
+_ANSWERED_WARNINGS = ("Progress bars disabled",)
 
 
 class HideRayNotices(logging.Filter):
-    """Drops Ray's notices that ask nothing of the user (:data:`_NOTICES`), below WARNING."""
+    """Drops Ray's notices that ask nothing of the user (:data:`_NOTICES` below WARNING, and
+    :data:`_ANSWERED_WARNINGS` at any level)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or not any(n in record.getMessage() for n in _NOTICES)
+        message = record.getMessage()
+        if any(n in message for n in _ANSWERED_WARNINGS):
+            return False
+        return record.levelno >= logging.WARNING or not any(n in message for n in _NOTICES)
 
 
 def quiet_loggers(verbose: bool = False) -> None:

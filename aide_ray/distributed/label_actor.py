@@ -51,6 +51,7 @@ def create_label_store_actor(
     lifetime: str | None = None,
     run_token: str | None = None,
     fail_at: dict[str, Any] | None = None,
+    resources: dict[str, float] | None = None,
 ) -> Any:
     """Start a :class:`LabelStore` as a Ray actor and return its handle.
 
@@ -70,6 +71,8 @@ def create_label_store_actor(
             actor of that name is returned instead of starting a second one.
         lifetime: Ray actor lifetime (None or "detached").
         fail_at: fault-test hook, see :class:`DyingLabelStore`.
+        resources: custom resources the actor needs (``cluster.label_store_resources``): it runs,
+            and is restarted after its node is lost, only on a node that offers them.
 
     Returns:
         A Ray actor handle exposing the :class:`LabelStore` methods.
@@ -81,6 +84,8 @@ def create_label_store_actor(
         "num_cpus": 0,
         "lifetime": lifetime,
     }
+    if resources:
+        options["resources"] = dict(resources)
     if name is not None:
         options.update(name=name, get_if_exists=True)
     snapshot = None if snapshot_path is None else str(snapshot_path)

@@ -65,7 +65,8 @@ def started_embedded() -> bool:
 
 
 def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard: bool = True,
-             log_to_driver: bool = True, temp_dir: str | None = None, quiet: bool = True) -> bool:
+             log_to_driver: bool = True, temp_dir: str | None = None, quiet: bool = True,
+             address: str | None = None) -> bool:
     """Join the cluster named by ``RAY_ADDRESS``, else start an embedded local Ray; no-op if Ray is up.
 
     Args:
@@ -77,6 +78,9 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
         temp_dir: Ray's session folder (tests use a private one).
         quiet: Ray's workers keep the console to the epoch lines and warnings
             (:mod:`aide_ray.distributed.console`); False keeps Ray's own output.
+        address: join this running cluster (GCS address) with the workers' environment
+            above, e.g. a ``ray.cluster_utils.Cluster`` of the multi-node tests; its owner
+            ends it. The sizing and dashboard arguments do not apply.
 
     Returns:
         True if this call started or joined Ray, False if it was already initialised.
@@ -88,6 +92,11 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
         return False
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    env = {**WORKER_ENV, WORKER_NICENESS_ENV: os.environ.get(WORKER_NICENESS_ENV, "0"),
+           **(QUIET_WORKER_ENV if quiet else {})}
+    if address is not None:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=log_to_driver)
+        return True
     if os.environ.get("RAY_ADDRESS"):
         # A job's own runtime env wins; passing one here could conflict with it.
         ray.init()
@@ -98,8 +107,6 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
         kwargs["_temp_dir"] = temp_dir
     if dashboard:
         kwargs["dashboard_host"] = "127.0.0.1"
-    env = {**WORKER_ENV, WORKER_NICENESS_ENV: os.environ.get(WORKER_NICENESS_ENV, "0"),
-           **(QUIET_WORKER_ENV if quiet else {})}
     ray.init(num_cpus=num_cpus or embedded_cpus(worker_cpus), include_dashboard=dashboard,
              runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
              _node_ip_address="127.0.0.1", **kwargs)

@@ -20,12 +20,13 @@ from typing import Any, Sequence
 
 import ray.train
 from ray.data import DataContext
+from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from aide_ray._internal import fs
 from aide_ray.config import Config
 from aide_ray.data.shards import load_dataset_info
-from aide_ray.distributed.backend import FAIL_AT_KEY, RESTORE_KEY, train_loop_per_worker
+from aide_ray.distributed.backend import FAIL_AT_KEY, RESTORE_KEY, RUN_DIR_KEY, train_loop_per_worker
 from aide_ray.distributed.console import quiet_loggers
 from aide_ray.distributed.data_pipeline import build_datasets
 from aide_ray.distributed.label_actor import create_label_store_actor
@@ -35,7 +36,52 @@ from aide_ray.engine.run_setup import best_metric_name, has_validation, prepare_
 from aide_ray.methods.registry import method_class
 from aide_ray.runs.folder import LABEL_STORE_LATEST
 
-__all__ = ["build_trainer", "run_training"]
+__all__ = ["build_trainer", "run_training", "scaling_config", "ExactSplits", "labelled_count"]
+
+
+def labelled_count(kind_counts: dict[str, int]) -> int:
+    """Rows of a split that carry a label (every kind but ``none``): the rows of the score and val passes."""
+    return sum(int(n) for kind, n in kind_counts.items() if kind != "none")
+
+
+class ExactSplits(DataConfig):
+    """How Ray Train splits the datasets over the workers: every row of the score and val passes, once.
+
+    Ray's default splits every dataset with ``equal=True``, which drops the rows
+    left over when the world size does not divide a pass: a sample never scored
+    can never be corrected, and a validation case loses slices. The train pass
+    keeps ``equal=True`` (DDP needs the same number of steps on every worker). The
+    score and val passes run no collective per batch (their forward passes see
+    through DDP, and their results are gathered once at the end), so a pass whose
+    rows the world size does not divide is split with ``equal=False``: whole
+    blocks to the worker with the fewest rows, none dropped, possibly unevenly.
+    A pass it divides keeps the even ``equal=True`` split, which then drops
+    nothing. This matters most with elastic workers, whose world size changes.
+
+    Args:
+        rows: rows of each pass that must not lose rows (``score``, ``val``); a pass
+            not named here is split like the train pass.
+    """
+
+    def __init__(self, rows: dict[str, int]) -> None:
+        super().__init__()
+        self.rows = dict(rows)
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        even = {name: ds for name, ds in datasets.items()
+                if name not in self.rows or self.rows[name] % world_size == 0}
+        output = super().configure(even, world_size, worker_handles, worker_node_ids, **kwargs)
+        for name, ds in datasets.items():
+            if name in even:
+                continue
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for rank, split in enumerate(ds.streaming_split(world_size, equal=False,
+                                                            locality_hints=worker_node_ids)):
+                output[rank][name] = split
+        return output
 
 
 def quiet_ray_data(verbose: bool = False) -> None:
@@ -50,6 +96,18 @@ def quiet_ray_data(verbose: bool = False) -> None:
     ctx.enable_operator_progress_bars = verbose
     ctx.print_on_execution_start = verbose
     ctx.verbose_stats_logs = verbose
+
+
+def scaling_config(cfg: Config) -> ray.train.ScalingConfig:
+    """Ray Train's ScalingConfig: ``workers`` (or ``(cluster.workers_min, workers)``: elastic), each with
+    ``cpus_per_worker`` CPUs, a GPU with ``use_gpu`` and ``cluster.resources_per_worker``."""
+    resources = {"CPU": cfg.cpus_per_worker, **cfg.cluster.resources_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = 1
+    elastic = {"elastic_resize_monitor_interval_s": cfg.cluster.resize_interval_s} \
+        if cfg.cluster.elastic(cfg.workers) else {}
+    return ray.train.ScalingConfig(num_workers=cfg.cluster.num_workers(cfg.workers), use_gpu=cfg.use_gpu,
+                                   resources_per_worker=resources, **elastic)
 
 
 def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequence[Any] = (),
@@ -85,7 +143,8 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
     if snapshot:
         Path(snapshot).parent.mkdir(parents=True, exist_ok=True)
     store = create_label_store_actor(int(info["num_samples"]), method.label_slots, tuple(info["shape"][1:]),
-                                     snapshot_path=snapshot, run_token=uuid.uuid4().hex, fail_at=store_fail_at)
+                                     snapshot_path=snapshot, run_token=uuid.uuid4().hex, fail_at=store_fail_at,
+                                     resources=cfg.cluster.label_store_resources)
     loop_config = {
         "config": cfg.to_dict(),
         "dataset_info": info,
@@ -94,17 +153,17 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
         "torch_threads": max(1, int(cfg.cpus_per_worker)),
         "verbose": verbose,
         RESTORE_KEY: None if restore_from is None else str(restore_from),
+        RUN_DIR_KEY: fs.join(storage, name),
     }
     if fail_at:
         loop_config[FAIL_AT_KEY] = fail_at
-    resources = {"CPU": cfg.cpus_per_worker}
-    if cfg.use_gpu:
-        resources["GPU"] = 1
+    kinds = info["counts"]["split_label_kind"]
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config,
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                               resources_per_worker=resources),
+        scaling_config=scaling_config(cfg),
+        dataset_config=ExactSplits({"score": labelled_count(kinds.get(cfg.data.train_split, {})),
+                                    "val": labelled_count(kinds.get(cfg.data.val_split, {}))}),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage,
@@ -140,7 +199,8 @@ def run_training(cfg: Config, *, resume: str | Path | None = None, fail_at: dict
         Path(setup.run_dir).mkdir(parents=True, exist_ok=True)
     trainer, _store = build_trainer(cfg, setup.shards, cfg.run.name, fail_at=fail_at, callbacks=callbacks,
                                     restore_from=setup.restore_from, store_fail_at=store_fail_at, verbose=verbose)
-    print(f"Training {cfg.method} on {setup.shards} with {cfg.workers} Ray worker(s); run folder {setup.run_dir}",
+    workers = f"{cfg.cluster.workers_min}-{cfg.workers}" if cfg.cluster.elastic(cfg.workers) else cfg.workers
+    print(f"Training {cfg.method} on {setup.shards} with {workers} Ray worker(s); run folder {setup.run_dir}",
           flush=True)
     trainer.fit()
     outcome = finish_run(setup.run_dir, cfg, setup.metric)

@@ -9,6 +9,8 @@ run and a Ray run of the same config write the same kind of run folder.
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -24,9 +26,10 @@ from aide_ray.engine.relabel import Relabelled, carry_out
 from aide_ray.engine.scoring import ScoreResult, case_dice, score_pass, val_pass
 from aide_ray.engine.step import train_one_step
 from aide_ray.labels import LabelCache
+from aide_ray.labels.cache import EntryTable
 from aide_ray.methods.base import Method
 
-__all__ = ["TrainState", "EpochResult", "run_epoch"]
+__all__ = ["TrainState", "EpochResult", "run_epoch", "label_digest"]
 
 
 @dataclass
@@ -76,6 +79,20 @@ def _refresh(cache: LabelCache, backend: Backend) -> None:
         cache.apply(backend.labels.changes_since(0))
 
 
+def label_digest(labels: EntryTable) -> int:
+    """A 48-bit digest of the corrected labels a cache or store holds (every entry, with its slot and sample).
+
+    Two workers with the same digest train on the same labels. 48 bits so that the
+    value survives metrics.csv and a float column exactly.
+    """
+    digest = hashlib.blake2b(digest_size=6)
+    for slot, index in zip(*np.nonzero(labels.entries != None)):  # noqa: E711 (element-wise on an object array)
+        entry = labels.entries[slot, index]
+        digest.update(struct.pack("<qqq", slot, index, len(entry)))
+        digest.update(entry)
+    return int.from_bytes(digest.digest(), "little")
+
+
 def _train_pass(state: TrainState, backend: Backend, epoch: int) -> dict[str, Any]:
     method = state.method
     sums: dict[str, float] = defaultdict(float)
@@ -110,6 +127,7 @@ def run_epoch(state: TrainState, backend: Backend, epoch: int, *, keep_panels: b
     method = state.method
     started = time.perf_counter()
     version_at_start = state.cache.version
+    digest_at_start = label_digest(state.cache)
     trained = _train_pass(state, backend, epoch)
     for scheduler in state.schedulers.values():
         scheduler.step()
@@ -130,12 +148,17 @@ def run_epoch(state: TrainState, backend: Backend, epoch: int, *, keep_panels: b
         if backend.has_val else {}
 
     parts = backend.gather({"dice_sum": scored.dice_sum, "twin_dice_sum": scored.twin_dice_sum,
-                            "count": scored.count, "val": val, **trained})
+                            "count": scored.count, "val": val, "label_digest": digest_at_start, **trained})
     store_stats = backend.labels.stats()
     metrics = _metrics_row(method, epoch, parts, relabelled, store_stats, has_val=backend.has_val)
     metrics.update(
         label_update=plan is not None,
         label_version_at_start=version_at_start,
+        # What every worker trains on: the digest of rank 0's labels, and how many workers' labels differ from it.
+        label_digest_at_start=digest_at_start,
+        label_digest_mismatch=sum(p["label_digest"] != parts[0]["label_digest"] for p in parts),
+        staging_workers=relabelled.staging_workers,
+        workers=len(parts),
         rows_with_corrected_label=sum(p["corrected_rows"] for p in parts),
         seconds=time.perf_counter() - started,
         train_seconds=train_seconds,

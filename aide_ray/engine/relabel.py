@@ -33,10 +33,13 @@ class Relabelled:
         changed: labels written (the winners with a non-empty prediction).
         selected: winners whose prediction was to be written (k of the scoring slot, or
             fewer when there were fewer candidates).
+        staging_workers: workers that staged labels (a multi-node test checks that every
+            worker reads, in the next epoch, what the others staged).
     """
 
     changed: list[int]
     selected: list[int]
+    staging_workers: int = 0  # workers that staged at least one label (each the holder of some winners)
 
     @classmethod
     def none(cls, label_slots: int) -> Relabelled:
@@ -74,4 +77,4 @@ def carry_out(plan: CorrectionPlan, candidates: list[LowestK], backend: Backend,
     if backend.rank == 0:
         store.publish(epoch, dict(enumerate(changed)))
     backend.barrier()  # the epoch is published before anyone reads it
-    return Relabelled(changed=changed, selected=selected)
+    return Relabelled(changed=changed, selected=selected, staging_workers=sum(sum(part) > 0 for part in parts))

@@ -182,7 +182,7 @@ def val_pass(method: Method, nets: Mapping[str, nn.Module], rows: Iterable[Mappi
     """Per case: overlap counts (3, K) = (|P ∩ R|, |P|, |R|) per foreground class of the ensemble's prediction."""
     counts: dict[str, np.ndarray] = {}
     for raw in rows:
-        image = torch.from_numpy(np.ascontiguousarray(raw["image"], dtype=np.float32)).to(device)
+        image = torch.from_numpy(np.array(raw["image"], dtype=np.float32)).to(device)  # a copy: Ray hands read-only arrays
         pred = ensemble_probs(nets, method.eval_nets, image).argmax(1).cpu().numpy()
         reference = np.asarray(raw["label"])
         inter, p_sum, r_sum = overlap_counts(pred, reference, method.num_classes,

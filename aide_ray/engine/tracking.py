@@ -63,18 +63,20 @@ def metric_tag(name: str, nets: Sequence[str]) -> str:
 
     ``labels/`` the label-correction statistics (``relabelled_<net>``, ``selected_<net>``,
     ``corrected_<net>``, ``rows_with_corrected_label``, ``label_update``,
-    ``label_version_at_start``); ``dice/`` training, validation and twin Dice; ``loss/``
-    the losses; ``time/`` seconds and throughput; ``optim/`` the learning rate and phase;
+    ``label_version_at_start``, ``label_digest_mismatch``, ``staging_workers``); ``dice/``
+    training, validation and twin Dice; ``loss/`` the losses; ``time/`` seconds, throughput
+    and the epoch's ``workers``; ``optim/`` the learning rate and phase;
     ``method/`` the method's other step terms (``ramp``, ``selected_fraction``, ...).
     """
     per_net = {f"{kind}_{net}" for kind in ("relabelled", "selected", "corrected") for net in nets}
-    if name in per_net or name in ("rows_with_corrected_label", "label_update", "label_version_at_start"):
+    if name in per_net or name in ("rows_with_corrected_label", "label_update", "label_version_at_start",
+                                   "label_digest_mismatch", "staging_workers"):
         return f"labels/{name}"
     if name.endswith("dice") or name.startswith("train_dice_"):
         return f"dice/{name}"
     if name.startswith("loss"):
         return f"loss/{name}"
-    if name in _TIME:
+    if name in _TIME or name == "workers":
         return f"time/{name}"
     if name in ("lr", "phase"):
         return f"optim/{name}"
@@ -82,10 +84,11 @@ def metric_tag(name: str, nets: Sequence[str]) -> str:
 
 
 def _scalars(metrics: Mapping[str, Any], nets: Sequence[str]) -> dict[str, float]:
-    """Tag -> value of the finite numeric columns but ``epoch`` (NaN, e.g. val_dice without validation, is left out)."""
+    """Tag -> value of the finite numeric columns but ``epoch`` and the label digest (NaN, e.g. val_dice without
+    validation, is left out)."""
     out = {}
     for name, value in metrics.items():
-        if name == "epoch" or not isinstance(value, (numbers.Real, np.bool_)):
+        if name in ("epoch", "label_digest_at_start") or not isinstance(value, (numbers.Real, np.bool_)):
             continue
         value = float(value)
         if math.isfinite(value):

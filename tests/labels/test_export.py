@@ -249,7 +249,7 @@ def test_export_is_atomic_when_a_source_image_is_gone(tmp_path):
 
 
 def test_export_real_run(shards, tmp_path):
-    cfg = demo_config(["epochs=1", "workers=1", "model.base_width=4", "aide.warmup_epochs=1",
+    cfg = demo_config(["epochs=1", "workers=1", "model.base_width=4", "aide.supervised_epochs=0", "aide.warmup_epochs=1",
                        "aide.num_augmentations=2", f"data.shards={shards}", f"run.storage_path={tmp_path / 'runs'}",
                        "run.name=r"])
     outcome = train_local(cfg)
