@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Sequence
 
 EXP_DIR = Path(__file__).resolve().parent
+# Pages `report` writes: each has its text before and after the tables in EXP_DIR/<page>_{preamble,postscript}.md.
+PAGES = ("results", "benchmark")
 REPO = EXP_DIR.parents[1]
 if str(REPO) not in sys.path:  # run from a fresh checkout without installing
     sys.path.insert(0, str(REPO))
@@ -41,13 +43,15 @@ from aide_ray.experiments.report import write_results  # noqa: E402
 def run_report(args: argparse.Namespace) -> int:
     """docs/results.md from the experiment folders, between this folder's preamble and postscript."""
     cmd = "python jobs/experiments/run.py report " + " ".join(args.experiments) + f" --out {args.out}"
+    if args.page != "results":
+        cmd += f" --page {args.page}"
     if args.figures:
         cmd += " --figures " + " ".join(args.figures)
-    preamble = (EXP_DIR / "results_preamble.md").read_text().replace("{command}", cmd)
+    preamble = (EXP_DIR / f"{args.page}_preamble.md").read_text().replace("{command}", cmd)
     figure_runs = [(exp, run, f"{Path(exp).name} {run}") for exp, run in
                    (item.split(":", 1) for item in args.figures)]
     path = write_results(args.experiments, args.out, preamble=preamble,
-                         postscript=(EXP_DIR / "results_postscript.md").read_text(), figure_runs=figure_runs)
+                         postscript=(EXP_DIR / f"{args.page}_postscript.md").read_text(), figure_runs=figure_runs)
     print(f"wrote {path}")
     return 0
 
@@ -74,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write docs/results.md from experiment folders")
     p.add_argument("experiments", nargs="+", help="experiment folders (OUT of the settings)")
     p.add_argument("--out", default="docs/results.md", help="Markdown file (default: docs/results.md)")
+    p.add_argument("--page", choices=PAGES, default="results",
+                   help="the page's own text around the tables: results (docs/results.md, the paper's settings) "
+                        "or benchmark (docs/results_benchmark.md, the noisy-label benchmark)")
     p.add_argument("--figures", nargs="*", default=[], metavar="EXP:ARM_sSEED",
                    help="runs whose `aide-ray figures` PNGs are copied next to --out and shown")
     return parser

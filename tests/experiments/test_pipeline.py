@@ -167,3 +167,20 @@ def test_the_script_parses_a_setting_and_reports_errors(tmp_path: Path, capsys) 
             run.build_parser().parse_args(["noisy", "--data", "d", "--out", "o", *bad])
     assert run.main(["noisy", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--set", "nope:epochs=2"]) == 2
     assert "run.py: error: setting 'noisy' has no arm 'nope'" in capsys.readouterr().err
+
+
+def test_report_pages_put_their_own_text_around_the_tables(tmp_path: Path, capsys) -> None:
+    """`report --page benchmark` writes the benchmark's preamble (with the command that regenerates the page);
+    the default page keeps the paper settings' text. An unfinished folder is reported as not run."""
+    run = _load_run_script()
+    exp = tmp_path / "exp_benchmark"
+    exp.mkdir()
+    for page, title in (("benchmark", "# Results of the noisy-label benchmark"), ("results", "# Results of the three")):
+        out = tmp_path / f"{page}.md"
+        assert run.main(["report", str(exp), "--out", str(out), "--page", page]) == 0
+        text = out.read_text()
+        assert text.startswith(title), page
+        assert f"report {exp} --out {out}" in text and ("--page benchmark" in text) == (page == "benchmark")
+        assert f"Not run: `{exp}` holds no `experiment.json`" in text
+    with pytest.raises(SystemExit):
+        run.build_parser().parse_args(["report", str(exp), "--page", "nope"])
