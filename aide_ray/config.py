@@ -7,8 +7,8 @@ and the allowed range. Workers, the label store and Tune receive these
 objects, never raw dicts, so a typo can never be silently ignored.
 
 The run's own sections (data, optim, eval, run) are defined here; the model's in
-:mod:`aide_ray.nn.model_config`; tracking's in :mod:`aide_ray.engine.tracking_config`; the
-cluster's in :mod:`aide_ray.distributed.cluster_config`; each method's options in the
+:mod:`aide_ray.nn.model_config`; tracking's in :mod:`aide_ray.sections.tracking`; the
+cluster's in :mod:`aide_ray.sections.cluster`; each method's options in the
 method's own file, found through the method registry. A method's section is keyed by its name
 (``aide.temperature``, ``gce.q``) and reached as ``cfg.options`` (the chosen
 method's) or ``cfg.options_of(name)``.
@@ -27,8 +27,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 import yaml
 
-from aide_ray.distributed.cluster_config import ClusterConfig
-from aide_ray.engine.tracking_config import TrackingConfig
+from aide_ray.sections.cluster import ClusterConfig
+from aide_ray.sections.tracking import TrackingConfig
 from aide_ray.exceptions import ConfigError
 from aide_ray.methods.registry import METHOD_NAMES, method_class, options_class
 from aide_ray.nn.model_config import ModelConfig

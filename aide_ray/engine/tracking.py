@@ -46,7 +46,7 @@ import numpy as np
 from matplotlib.image import imread
 
 from aide_ray.config import Config
-from aide_ray.engine.tracking_config import DEFAULT_EXPERIMENT, MLFLOW_DIR, TENSORBOARD_DIR
+from aide_ray.sections.tracking import DEFAULT_EXPERIMENT, MLFLOW_DIR, TENSORBOARD_DIR
 from aide_ray.eval.figures import correction_grid
 from aide_ray.methods.registry import METHOD_NAMES, method_class
 
