@@ -21,10 +21,11 @@ from torch import Tensor, nn
 from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.nn.losses import segmentation_loss_per_sample
 from aide_ray.nn.model import build_model
+from aide_ray.nn.model_config import ModelConfig
 from aide_ray.nn.modules import unwrap
 from aide_ray.options import Section
 
-__all__ = ["MeanTeacherOptions", "MeanTeacher", "sigmoid_rampup", "ema_update"]
+__all__ = ["MeanTeacherOptions", "MeanTeacher", "sigmoid_rampup", "ema_update", "student_and_teacher"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ def sigmoid_rampup(epoch: int, ramp_epochs: int) -> float:
 
 
 @torch.no_grad()
+def student_and_teacher(model: ModelConfig, in_channels: int) -> dict[str, nn.Module]:
+    """A student and its teacher, a frozen copy with the same initial weights (the teacher only follows
+    the student's exponential moving average)."""
+    student = build_model(model, in_channels)
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False)
+    return {"student": student, "teacher": teacher}
+
+
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """In place: teacher params ``= decay * teacher + (1 - decay) * student``; buffers copied.
 
@@ -105,10 +115,7 @@ class MeanTeacher(Method):
     uses_unlabelled: ClassVar[bool] = True
 
     def build_nets(self) -> dict[str, nn.Module]:
-        student = build_model(self.model, self.in_channels)
-        teacher = copy.deepcopy(student)
-        teacher.requires_grad_(False)
-        return {"student": student, "teacher": teacher}
+        return student_and_teacher(self.model, self.in_channels)
 
     def _noisy(self, image: Tensor) -> Tensor:
         std = self.options.noise_std

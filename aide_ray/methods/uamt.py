@@ -10,7 +10,6 @@ masked loss are what make it UA-MT rather than a mean-teacher option.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -19,9 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from aide_ray.methods.base import Batch, Method, StepOutput
-from aide_ray.methods.meanteacher import ema_update, sigmoid_rampup
+from aide_ray.methods.meanteacher import ema_update, sigmoid_rampup, student_and_teacher
 from aide_ray.nn.losses import segmentation_loss_per_sample
-from aide_ray.nn.model import build_model
 from aide_ray.options import Section
 
 __all__ = ["UamtOptions", "Uamt", "add_input_noise", "teacher_uncertainty", "uncertainty_threshold",
@@ -132,10 +130,7 @@ class Uamt(Method):
     uses_unlabelled: ClassVar[bool] = True
 
     def build_nets(self) -> dict[str, nn.Module]:
-        student = build_model(self.model, self.in_channels)
-        teacher = copy.deepcopy(student)
-        teacher.requires_grad_(False)
-        return {"student": student, "teacher": teacher}
+        return student_and_teacher(self.model, self.in_channels)
 
     def consistency_weight(self, epoch: int) -> float:
         return self.options.consistency_weight * sigmoid_rampup(epoch, self.options.ramp_epochs)

@@ -10,7 +10,6 @@ pixel, so the unannotated ones learn from the teacher. The mean-teacher parts
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,10 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from aide_ray.methods.base import Batch, Method, StepOutput
-from aide_ray.methods.meanteacher import ema_update, sigmoid_rampup
+from aide_ray.methods.meanteacher import ema_update, sigmoid_rampup, student_and_teacher
 from aide_ray.methods.pce import annotated_pixels, partial_cross_entropy
 from aide_ray.methods.uamt import add_input_noise, masked_consistency, teacher_uncertainty, uncertainty_threshold
-from aide_ray.nn.model import build_model
 from aide_ray.options import Section
 
 __all__ = ["UstmOptions", "Ustm", "square_symmetry", "draw_square_symmetries"]
@@ -104,10 +102,7 @@ class Ustm(Method):
     label_slots: ClassVar[int] = 1
 
     def build_nets(self) -> dict[str, nn.Module]:
-        student = build_model(self.model, self.in_channels)
-        teacher = copy.deepcopy(student)
-        teacher.requires_grad_(False)
-        return {"student": student, "teacher": teacher}
+        return student_and_teacher(self.model, self.in_channels)
 
     def consistency_weight(self, epoch: int) -> float:
         return self.options.consistency_weight * sigmoid_rampup(epoch, self.options.ramp_epochs)
