@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aide_ray.methods.pce import RegularisedPce, RegularisedPceOptions
+from aide_ray.methods.pce import RegularisedPce, RegularisedPceOptions, check_probs_and_image
 
 __all__ = ["GatedCrfOptions", "GatedCrf", "CrfKernel", "gated_crf_loss"]
 
@@ -97,10 +97,7 @@ def gated_crf_loss(probs: Tensor, image: Tensor, kernel: CrfKernel, gate: Tensor
     Returns:
         Scalar tensor.
     """
-    if probs.dim() != 4 or image.dim() != 4 or probs.shape[0] != image.shape[0] or \
-            probs.shape[2:] != image.shape[2:]:
-        raise ValueError(f"probs (B, C, H, W) and image (B, M, H, W) must match, got {tuple(probs.shape)} "
-                         f"and {tuple(image.shape)}")
+    check_probs_and_image(probs, image)
     b, _, h, w = probs.shape
     r = kernel.radius
     with torch.no_grad():

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from aide_ray.methods.pce import RegularisedPce, RegularisedPceOptions
+from aide_ray.methods.pce import RegularisedPce, RegularisedPceOptions, check_probs_and_image
 from aide_ray.methods.tv import total_variation
 
 __all__ = ["MumfordShahOptions", "MumfordShah", "mumford_shah_loss", "region_centroids"]
@@ -61,10 +61,7 @@ def mumford_shah_loss(probs: Tensor, image: Tensor, length_weight: float) -> Ten
     Returns:
         Scalar tensor.
     """
-    if probs.dim() != 4 or image.dim() != 4 or probs.shape[0] != image.shape[0] or \
-            probs.shape[2:] != image.shape[2:]:
-        raise ValueError(f"probs (B, C, H, W) and image (B, M, H, W) must match, got {tuple(probs.shape)} "
-                         f"and {tuple(image.shape)}")
+    check_probs_and_image(probs, image)
     b, _, h, w = probs.shape
     centroids = region_centroids(probs, image)  # (B, M, C)
     # (B, M, C, H, W) is small: M modalities (1-4) times C classes.

@@ -21,7 +21,8 @@ from aide_ray.methods.base import Batch, Method, StepOutput
 from aide_ray.methods.meanteacher import sigmoid_rampup
 from aide_ray.options import Section
 
-__all__ = ["Pce", "RegularisedPce", "RegularisedPceOptions", "annotated_pixels", "partial_cross_entropy"]
+__all__ = ["Pce", "RegularisedPce", "RegularisedPceOptions", "annotated_pixels", "check_probs_and_image",
+           "partial_cross_entropy"]
 
 
 def annotated_pixels(target: Tensor, rows: Tensor | None = None) -> Tensor:
@@ -59,6 +60,15 @@ def partial_cross_entropy(logits: Tensor, target: Tensor, rows: Tensor | None = 
     per_pixel = F.cross_entropy(logits, target.masked_fill(~annotated, UNANNOTATED), ignore_index=UNANNOTATED,
                                 reduction="none")
     return per_pixel.sum() / annotated.sum().clamp_min(1).to(per_pixel.dtype)
+
+
+
+def check_probs_and_image(probs: Tensor, image: Tensor) -> None:
+    """The image-aware regularisers' inputs: softmax (B, C, H, W) and intensities (B, M, H, W) of one batch."""
+    if probs.dim() != 4 or image.dim() != 4 or probs.shape[0] != image.shape[0] or \
+            probs.shape[2:] != image.shape[2:]:
+        raise ValueError(f"probs (B, C, H, W) and image (B, M, H, W) must match, got {tuple(probs.shape)} "
+                         f"and {tuple(image.shape)}")
 
 
 class Pce(Method):
