@@ -70,9 +70,16 @@ class ActorClient:
 
 
 class RayBackend(Backend):
-    """One Ray Train worker's view of the run; see the module docstring."""
+    """One Ray Train worker's view of the run; see the module docstring.
 
-    def __init__(self, loop_config: dict[str, Any], cfg: Config) -> None:
+    Args:
+        dataset_prefix: the Ray Train datasets of the three passes are ``<prefix>train``,
+            ``<prefix>score`` and ``<prefix>val``; a worker group that trains several configs
+            in turn, each on its own datasets, gives each its prefix
+            (tests/integration/test_every_method_ray.py).
+    """
+
+    def __init__(self, loop_config: dict[str, Any], cfg: Config, *, dataset_prefix: str = "") -> None:
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
@@ -84,7 +91,7 @@ class RayBackend(Backend):
         self._fail_at = [fail_at] if isinstance(fail_at, dict) else list(fail_at)
         self._restore_from = loop_config.get(RESTORE_KEY)
         self._run_dir = loop_config.get(RUN_DIR_KEY)
-        self._shards = {split: ray.train.get_dataset_shard(split)
+        self._shards = {split: ray.train.get_dataset_shard(f"{dataset_prefix}{split}")
                         for split in ("train", "score", "val") if split != "val" or self.has_val}
 
     def prepare_net(self, net: nn.Module) -> nn.Module:
