@@ -23,7 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.0,
                         help="share of the labelled training cases for test (default 0; imagesTs is always test)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
-    parser.add_argument("--label-kind", choices=["hq", "lq"], default="hq", help="kind of every label (default hq)")
+    parser.add_argument("--label-kind", choices=["hq", "lq", "scribble"], default="hq",
+                        help="kind of every label (default hq); scribble: the labels are scribbles, class indices "
+                             "where annotated and 255 elsewhere (docs/data.md)")
+    parser.add_argument("--masks", metavar="DIR",
+                        help="with --label-kind scribble: full masks named like the labels; val and test rows take "
+                             "them as their label (kind hq), train rows as clean_label")
     parser.add_argument("--allow-unlabelled", action="store_true",
                         help="keep training images without a label as unlabelled train cases (kind none)")
     parser.add_argument("--skip-label-check", action="store_true",
@@ -36,8 +41,14 @@ def describe(result: LayoutManifest, out) -> str:
     counts = result.table["split"].value_counts()
     splits = ", ".join(f"{s} {int(counts.get(s, 0))}" for s in ("train", "val", "test"))
     classes = ", ".join(f"{k} {n}" for k, n in sorted(result.classes.items())) or "from the masks"
-    return (f"wrote {out} ({result.format}; channels: {', '.join(result.channel_names)}; classes: {classes}): "
+    line = (f"wrote {out} ({result.format}; channels: {', '.join(result.channel_names)}; classes: {classes}): "
             f"cases {splits}")
+    table = result.table
+    if (table["label_kind"] == "scribble").any():  # say which rows are scribbles and which full masks
+        kinds = table[table["label_kind"] != "none"].groupby(["split", "label_kind"]).size()
+        line += "; labels: " + ", ".join(f"{s} {k} {int(kinds[(s, k)])}" for s in ("train", "val", "test")
+                                         for k in ("scribble", "hq") if (s, k) in kinds.index)
+    return line
 
 
 def write_and_report(layout, out, fmt: str, options: LayoutOptions, *, overwrite: bool) -> LayoutManifest:
@@ -54,6 +65,6 @@ def write_and_report(layout, out, fmt: str, options: LayoutOptions, *, overwrite
 def run(args: argparse.Namespace) -> int:
     options = LayoutOptions(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
                             label_kind=args.label_kind, allow_unlabelled=args.allow_unlabelled,
-                            check_labels=not args.skip_label_check)
+                            check_labels=not args.skip_label_check, masks=args.masks)
     write_and_report(args.layout, args.out, args.format, options, overwrite=args.overwrite)
     return 0

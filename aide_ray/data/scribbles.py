@@ -34,7 +34,8 @@ from scipy import ndimage
 
 from aide_ray.label_values import UNANNOTATED
 
-__all__ = ["ScribbleOptions", "skeleton", "draw_scribbles", "scribble_volume", "annotated_fraction"]
+__all__ = ["ScribbleOptions", "skeleton", "draw_scribbles", "scribble_volume", "annotated_fraction",
+           "scribble_coverage"]
 
 _EIGHT_CONNECTED = np.ones((3, 3), bool)
 
@@ -155,4 +156,12 @@ def scribble_volume(mask: np.ndarray, rng: np.random.Generator, *, scale: float 
 
 def annotated_fraction(scribble: np.ndarray) -> float:
     """Share of a scribble label's pixels that are annotated (not ``UNANNOTATED``)."""
-    return float(np.mean(np.asarray(scribble) != UNANNOTATED)) if np.size(scribble) else 0.0
+    return scribble_coverage(scribble)[0]
+
+
+def scribble_coverage(scribbles: np.ndarray) -> tuple[float, float]:
+    """Shares of all pixels of a stack of scribble labels that are annotated, and that are annotated foreground."""
+    arr = np.asarray(scribbles)
+    if not arr.size:
+        return 0.0, 0.0
+    return float(np.mean(arr != UNANNOTATED)), float(np.mean((arr != UNANNOTATED) & (arr > 0)))
