@@ -5,6 +5,7 @@ training configs, the tests of the results page); the modules read it:
 
     catalogue.py  loads and checks the catalogue into frozen dataclasses
     prepare.py    the data recipes: manifests, label noise, pseudo-labels, shards
+    recipe_types.py  what a recipe gets and makes, and the recipe as the registry holds it
     pipeline.py   every arm and seed through train -> predict -> evaluate (-> figures)
     stages.py     one stage: an ``aide-ray`` command as a subprocess, its log and wall time
     layout.py     the file names of an experiment folder

@@ -1,8 +1,9 @@
 """Data preparation of the settings: manifests, label corruption, pseudo-labels and Parquet shards.
 
 Each recipe turns a public dataset folder into the training sets its setting's
-arms name (``data: noisy``), the reference manifest the test split is scored
-against, and a sentence about the data for the results page. A setting's
+arms name (``data: noisy``; the scribble settings' scribbles are drawn from the
+masks), the reference manifest the test split is scored against, and a
+sentence about the data for the results page. A setting's
 catalogue file names its recipe and options; :func:`recipe_of` checks them and
 :func:`prepare_setting` runs it. Everything is made once under ``OUT/data`` and
 reused on a rerun. The split, the label noise and the random-rater draw always
@@ -13,26 +14,27 @@ same data. This is the only module of the experiments that makes data.
 from __future__ import annotations
 
 import difflib
-import inspect
 import shutil
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from aide_ray.data.ingest import ingest
 from aide_ray.data.manifest import read_manifest, write_manifest
-from aide_ray.data.noise import PROTOCOLS, NoiseOptions, corrupt_manifest
+from aide_ray.data.noise import PROTOCOLS, SCRIBBLES, NoiseOptions, corrupt_manifest
 from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest
+from aide_ray.data.scribbles import ScribbleOptions, scribble_coverage
+from aide_ray.data.shards import read_slices_local
 from aide_ray.eval.evaluate import find_prediction
 from aide_ray.eval.label_quality import noisy_label_dice
 from aide_ray.exceptions import ConfigError
 from aide_ray.experiments.catalogue import Inputs, Setting
 from aide_ray.experiments.layout import data_dir, log_file, train_dir
+from aide_ray.experiments.recipe_types import LaterData, PrepareContext, Prepared, Recipe
 from aide_ray.experiments.stages import aide_ray_cmd, log, run_stage
 from aide_ray.runs.folder import CONFIG_FILE, DATASET_FILE
 
@@ -40,46 +42,6 @@ __all__ = ["NOISE_SEED", "PrepareContext", "Prepared", "LaterData", "Recipe", "R
            "prepare_setting", "ingest_once"]
 
 NOISE_SEED = 0  # seed of the case split, the label corruption and the random-rater draw (data, not training)
-
-
-@dataclass(frozen=True)
-class PrepareContext:
-    """What every recipe gets: the dataset, the experiment folder, the ingest size, ``--force``."""
-
-    data: Path
-    out: Path
-    inputs: Inputs
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class LaterData:
-    """A training set made during the run, per seed, from another arm's finished run of that seed.
-
-    Attributes:
-        after_arm: the arm whose run of the seed must finish first.
-        make: seed -> shards folder, or None when that run did not finish (its arms are skipped).
-    """
-
-    after_arm: str
-    make: Callable[[int], Path | None]
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """What a recipe made.
-
-    Attributes:
-        train: training-set key -> Parquet shards folder.
-        reference: manifest whose test rows hold the HQ masks the predictions are scored against.
-        note: a sentence about the data (cases per split, noise) for ``experiment.json`` and the results page.
-        later: training-set key -> a set made during the run (setting 3's pseudo-labels).
-    """
-
-    train: Mapping[str, Path]
-    reference: Path
-    note: str
-    later: Mapping[str, LaterData] = field(default_factory=dict)
 
 
 def ingest_once(manifest: Path, shards: Path, inputs: Inputs) -> Path:
@@ -160,13 +122,19 @@ def shenzhen_protocols(ctx: PrepareContext, *, protocols: list[str], clean_fract
     return Prepared(train=train_sets, reference=clean, note=note)
 
 
+def _qubiq_raters(ctx: PrepareContext) -> Path:
+    """The QUBIQ manifest of every rater (70/10/20 by case), made once: the test references of its settings."""
+    every = data_dir(ctx.out) / "all_raters.csv"
+    if not every.is_file():
+        every.parent.mkdir(parents=True, exist_ok=True)
+        qubiq_manifest(ctx.data, every, split_seed=NOISE_SEED, label_kind="hq")
+    return every
+
+
 def qubiq_annotators(ctx: PrepareContext) -> Prepared:
     """Setting 2: the all-rater manifest and two training sets: "rater1", and "random" (a rater per case)."""
     d = data_dir(ctx.out)
-    d.mkdir(parents=True, exist_ok=True)
-    every = d / "all_raters.csv"
-    if not every.is_file():
-        qubiq_manifest(ctx.data, every, split_seed=NOISE_SEED, label_kind="hq")
+    every = _qubiq_raters(ctx)
     df = read_manifest(every)
     fit = df[df["split"].isin(["train", "val"])].copy()
     # Training labels are one expert's opinion, so they are the "lq" labels AIDE may correct;
@@ -208,6 +176,58 @@ def shenzhen_limited(ctx: PrepareContext, *, labelled_fraction: float, pseudo_la
     return Prepared(train={"hq10": ingest_once(limited, d / "shards_hq10", ctx.inputs),
                            "clean": ingest_once(clean, d / "shards_clean", ctx.inputs)},
                     reference=clean, note=note, later={"pseudo": LaterData(pseudo_labels_from, pseudo)})
+
+
+def _scribbled(ctx: PrepareContext, manifest: Path, width: float, keep: float, distance: float) -> tuple[Path, str]:
+    """The "scribbles" training set: ``manifest`` with its train masks made scribbles (``clean_label`` keeps the
+    masks; val keeps them as labels), ingested; and a sentence on how much of the train pixels they annotate."""
+    try:
+        options = ScribbleOptions(width=width, keep_fraction=keep, background_distance=distance)
+    except ValueError as e:
+        raise ConfigError(f"prepare.options: {e}") from None
+    d = data_dir(ctx.out)
+    scribbled = d / "scribbles" / "manifest.csv"
+    if not scribbled.is_file():
+        corrupt_manifest(manifest, scribbled.parent, SCRIBBLES, NOISE_SEED, overwrite=True, scribble_options=options)
+    shards = ingest_once(scribbled, d / "shards_scribbles", ctx.inputs)
+    rows = read_slices_local(shards, "train")
+    annotated, fg = scribble_coverage(rows["label"][rows["scribble"]])
+    return shards, (f"Train labels: scribbles drawn from the masks (`corrupt-labels --protocol scribbles`, seed "
+                    f"{NOISE_SEED}; width {width:g}, keep {keep:g}, background distance {distance:g} px at 256 px), "
+                    f"annotating {annotated:.1%} of the train pixels at the training size ({fg:.1%} foreground).")
+
+
+def shenzhen_scribbles(ctx: PrepareContext, *, scribble_width: float = 3.0, scribble_keep: float = 0.8,
+                       scribble_distance: float = 8.0) -> Prepared:
+    """Scribbles on Shenzhen: the clean manifest ("clean") and its copy with scribbled train masks ("scribbles")."""
+    d = data_dir(ctx.out)
+    d.mkdir(parents=True, exist_ok=True)
+    clean = d / "clean.csv"
+    if not clean.is_file():
+        shenzhen_manifest(ctx.data, clean, split_seed=NOISE_SEED)
+    shards, note = _scribbled(ctx, clean, scribble_width, scribble_keep, scribble_distance)
+    return Prepared(train={"scribbles": shards, "clean": ingest_once(clean, d / "shards_clean", ctx.inputs)},
+                    reference=clean, note=f"Cases (train, val, test): {_counts(clean)}. {note} Validation and test "
+                                          f"references: the original masks.")
+
+
+def qubiq_scribbles(ctx: PrepareContext, *, rater: str = "rater1", scribble_width: float = 3.0,
+                    scribble_keep: float = 0.8, scribble_distance: float = 8.0) -> Prepared:
+    """Scribbles on QUBIQ: ``rater``'s train and val masks ("clean") and their copy with scribbled train masks
+    ("scribbles"); the test split is scored against every rater, as setting 2."""
+    every = _qubiq_raters(ctx)
+    df = read_manifest(every)
+    one = data_dir(ctx.out) / f"train_{rater}.csv"
+    if not one.is_file():
+        table = df[(df["annotator"] == rater) & (df["split"] != "test")].reset_index(drop=True)
+        if table.empty:
+            raise ConfigError(f"prepare.options.rater must be one of {sorted(set(df['annotator']))}, got {rater!r}")
+        write_manifest(table, one)
+    shards, note = _scribbled(ctx, one, scribble_width, scribble_keep, scribble_distance)
+    return Prepared(train={"scribbles": shards, "clean": ingest_once(one, data_dir(ctx.out) / "shards_clean",
+                                                                     ctx.inputs)},
+                    reference=every, note=f"Cases (train, val, test): {_counts(every)}; {rater}'s masks. {note} "
+                                          f"Validation: {rater}'s masks; test: every rater's.")
 
 
 class _PseudoLabels:
@@ -266,34 +286,17 @@ class _PseudoLabels:
 
 # --------------------------------------------------------------------------- registry
 
-@dataclass(frozen=True)
-class Recipe:
-    """A data preparation a catalogue file can name.
-
-    Attributes:
-        prepare: ``(ctx, **options) -> Prepared``; its keyword-only parameters are the recipe's options.
-        data_keys: the training sets it makes (an arm's ``data``).
-        arm_options: options whose value must name an arm of the setting.
-    """
-
-    prepare: Callable[..., Prepared]
-    data_keys: tuple[str, ...]
-    arm_options: tuple[str, ...] = ()
-
-    def options(self) -> dict[str, bool]:
-        """Option name -> whether it is required (no default)."""
-        params = inspect.signature(self.prepare).parameters.values()
-        return {p.name: p.default is inspect.Parameter.empty for p in params if p.kind is p.KEYWORD_ONLY}
-
-
-# The noise protocols a headroom benchmark can train on (every one of aide_ray.data.noise but "limited").
-PROTOCOL_KEYS: tuple[str, ...] = tuple(p for p in PROTOCOLS if p != "limited")
+# The noise protocols a headroom benchmark can train on (every one of aide_ray.data.noise but "limited" and the
+# scribbles, which have recipes of their own).
+PROTOCOL_KEYS: tuple[str, ...] = tuple(p for p in PROTOCOLS if p not in ("limited", SCRIBBLES))
 
 RECIPES: dict[str, Recipe] = {
     "shenzhen_noisy": Recipe(shenzhen_noisy, ("noisy", "clean")),
     "shenzhen_protocols": Recipe(shenzhen_protocols, ("clean", *PROTOCOL_KEYS)),
     "qubiq_annotators": Recipe(qubiq_annotators, ("rater1", "random")),
     "shenzhen_limited": Recipe(shenzhen_limited, ("hq10", "clean", "pseudo"), arm_options=("pseudo_labels_from",)),
+    "shenzhen_scribbles": Recipe(shenzhen_scribbles, ("scribbles", "clean")),
+    "qubiq_scribbles": Recipe(qubiq_scribbles, ("scribbles", "clean")),
 }
 
 

@@ -5,6 +5,8 @@
     python jobs/experiments/run.py annotators --data ../shared/data/qubiq_brain_growth --out runs/exp_annotators
     python jobs/experiments/run.py limited    --data ../shared/data/shenzhen_cxr_lungs --out runs/exp_limited
     python jobs/experiments/run.py report runs/exp_noisy runs/exp_annotators runs/exp_limited --out docs/results.md
+    python jobs/experiments/run.py report runs/exp_scribbles runs/exp_scribbles_qubiq --page scribbles \
+        --out docs/results_scribbles.md   # after `run.py scribbles ...`, `run.py scribbles_qubiq ...`
 
 Options of the three settings: ``--seeds 0 1 2`` (training seeds; the data split and the
 label noise keep seed 0), ``--arms a b`` (a subset), ``--full`` (the paper's GPU size),
@@ -29,7 +31,7 @@ from typing import Sequence
 
 EXP_DIR = Path(__file__).resolve().parent
 # Pages `report` writes: each has its text before and after the tables in EXP_DIR/<page>_{preamble,postscript}.md.
-PAGES = ("results", "benchmark")
+PAGES = ("results", "benchmark", "scribbles")
 REPO = EXP_DIR.parents[1]
 if str(REPO) not in sys.path:  # run from a fresh checkout without installing
     sys.path.insert(0, str(REPO))
@@ -79,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiments", nargs="+", help="experiment folders (OUT of the settings)")
     p.add_argument("--out", default="docs/results.md", help="Markdown file (default: docs/results.md)")
     p.add_argument("--page", choices=PAGES, default="results",
-                   help="the page's own text around the tables: results (docs/results.md, the paper's settings) "
-                        "or benchmark (docs/results_benchmark.md, the noisy-label benchmark)")
+                   help="the page's own text around the tables: results (docs/results.md, the paper's settings), "
+                        "benchmark (docs/results_benchmark.md, the noisy-label benchmark) or scribbles "
+                        "(docs/results_scribbles.md, the scribble methods against pCE)")
     p.add_argument("--figures", nargs="*", default=[], metavar="EXP:ARM_sSEED",
                    help="runs whose `aide-ray figures` PNGs are copied next to --out and shown")
     return parser

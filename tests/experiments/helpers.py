@@ -53,6 +53,21 @@ def make_shenzhen(folder: Path, cases: int = 20, size: int = 32) -> Path:
     return folder
 
 
+def make_qubiq(folder: Path, cases: int = 10, raters: int = 3, size: int = 16) -> Path:
+    """A tiny QUBIQ-like folder: ``images/caseNN.png`` and ``masks/caseNN_raterK.png`` (0/255, a box per rater)."""
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for c in range(1, cases + 1):
+        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, (size, size), dtype=np.uint8)),
+                        str(folder / "images" / f"case{c:02d}.png"))
+        for r in range(1, raters + 1):
+            mask = np.zeros((size, size), np.uint8)
+            mask[4:10 + r, 4:10] = 255
+            sitk.WriteImage(sitk.GetImageFromArray(mask), str(folder / "masks" / f"case{c:02d}_rater{r}.png"))
+    return folder
+
+
 # A stand-in for `python -m aide_ray.cli.main`: it writes what each stage would leave behind, instantly,
 # and records every call (with start and end times) in the file $FAKE_CALLS, one JSON line each.
 FAKE_CLI = r'''

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aide_ray.config import load_config
+from aide_ray.config import from_dict, load_config
 from aide_ray.exceptions import ConfigError, InputError
 from aide_ray.experiments.catalogue import (SETTINGS_DIR, get_setting, load_full_size, load_setting, load_settings,
                                             settings)
@@ -37,7 +37,8 @@ def _edit(change) -> dict:
 
 
 def test_shipped_settings_in_the_order_of_their_titles() -> None:
-    assert list(settings()) == ["benchmark", "headroom", "noisy", "annotators", "limited"]
+    assert list(settings()) == ["benchmark", "headroom", "scribbles", "scribbles_qubiq", "noisy", "annotators",
+                              "limited"]
     noisy = get_setting("noisy")
     assert noisy.source == SETTINGS_DIR / "noisy.yaml"
     assert noisy.arm("aide_pretrained").init_from == "supervised_noisy"
@@ -60,6 +61,28 @@ def test_every_arm_config_loads_with_and_without_full(name: str, tmp_path: Path)
         assert cpu.model.base_width == 8 and not cpu.use_gpu and cpu.optim.lr == 0.003
         assert big.model.base_width == 64 and big.use_gpu and big.epochs == 100
         assert arm.name.startswith(cpu.method) or (arm.name.startswith("supervised") and cpu.method == "supervised")
+
+
+@pytest.mark.parametrize("name", ["scribbles", "scribbles_qubiq"])
+def test_every_scribble_arm_builds_its_config_at_both_sizes(name: str, tmp_path: Path) -> None:
+    """Each arm of the scribble settings: a Config from the catalogue (from_dict), and with --full's overrides."""
+    setting = get_setting(name)
+    methods = {"supervised", "pce", "scribble_entmin", "tv", "mumford_shah", "gated_crf", "ustm", "dmpls", "aide"}
+    assert {from_dict(setting.arm_config(arm.name)).method for arm in setting.arms} == methods
+    full = setting.full_overrides(load_full_size())
+    for arm in setting.arms:
+        cfg = from_dict(setting.arm_config(arm.name), source=f"{name}:{arm.name}")
+        assert cfg.method == ("supervised" if arm.name == "supervised_full" else arm.name)
+        assert (arm.data == "clean") == (cfg.method == "supervised")  # every other arm trains on the scribbles
+        assert cfg.model.base_width == 16 and cfg.workers == 1 and not cfg.use_gpu
+        path = tmp_path / f"{arm.name}.yaml"
+        path.write_text(yaml.safe_dump(setting.arm_config(arm.name)))
+        big = load_config(path, full)
+        assert big.use_gpu and big.epochs == 100 and big.model.base_width == 64
+    assert {b for _, b in setting.comparisons} == {"pce"} and len(setting.comparisons) == len(setting.arms) - 1
+    assert setting.per_annotator == (name == "scribbles_qubiq")
+    shenzhen = get_setting("scribbles")
+    assert shenzhen.inputs["cpu"].size == 64 and shenzhen.arm_config("pce")["epochs"] == 20
 
 
 def test_arm_config_merges_the_arm_onto_the_setting_and_is_a_copy() -> None:
@@ -86,7 +109,9 @@ def test_full_overrides_apply_the_common_file_then_the_setting() -> None:
 def test_unknown_arm_and_setting_names_suggest_the_closest() -> None:
     with pytest.raises(InputError, match=r"setting 'noisy' has no arm 'aide_lamda1' \(did you mean 'aide_lambda1'\?\)"):
         get_setting("noisy").arm("aide_lamda1")
-    with pytest.raises(InputError, match=r"setting must be one of \['annotators', 'benchmark', 'headroom', 'limited', 'noisy'\], "
+    with pytest.raises(InputError, match=r"setting must be one of \['annotators', 'benchmark', 'headroom', 'limited', "
+                                         r"'noisy', 'scribbles', "
+                                         r"'scribbles_qubiq'\], "
                                          r"got 'noisey' \(did you mean 'noisy'\?\)"):
         get_setting("noisey")
 

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -20,7 +21,7 @@ from aide_ray.experiments import pipeline, prepare
 from aide_ray.experiments.catalogue import get_setting, load_setting
 from aide_ray.experiments.pipeline import RunOptions, arm_overrides, run_setting
 
-from .helpers import FAKE_CLI, make_shenzhen
+from .helpers import FAKE_CLI, make_shenzhen, write_eval, write_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -184,3 +185,26 @@ def test_report_pages_put_their_own_text_around_the_tables(tmp_path: Path, capsy
         assert f"Not run: `{exp}` holds no `experiment.json`" in text
     with pytest.raises(SystemExit):
         run.build_parser().parse_args(["report", str(exp), "--page", "nope"])
+
+
+def test_the_scribble_page_tests_every_method_against_pce(tmp_path: Path) -> None:
+    """`report --page scribbles`: the scribble preamble, Dice/ASSD/HD95 per arm, paired tests against pCE
+    (per rater on QUBIQ)."""
+    run = _load_run_script()
+    exp = tmp_path / "exp_scribbles_qubiq"
+    arms = ["supervised_full", "pce", "tv", "aide"]
+    write_experiment(exp, "scribbles_qubiq", [0, 1], arms)
+    base = np.array([0.70, 0.75, 0.72, 0.80, 0.78, 0.74])
+    for i, arm in enumerate(arms):
+        for seed in (0, 1):
+            write_eval(exp, arm, seed, base + 0.02 * i + 0.01 * seed, annotators=["rater1", "rater2"])
+    out = tmp_path / "results_scribbles.md"
+    assert run.main(["report", str(exp), "--out", str(out), "--page", "scribbles"]) == 0
+    text = out.read_text()
+    assert text.startswith("# Results of the scribble comparison") and "--page scribbles" in text
+    assert "## Scribbles 2: weakly supervised segmentation from scribbles (QUBIQ brain growth)" in text
+    assert "| arm | Dice | ASSD (px) | HD95 (px) |" in text and "| pCE (baseline) | 0.773 ± 0.035 |" in text
+    for title in ("pCE + total variation", "AIDE, scribbles", "supervised, rater 1's full masks (upper bound)"):
+        assert f"| {title} | pCE (baseline) |" in text  # arm A against pCE
+    assert "| arm A | arm B | p rater1 | p rater2 |" in text
+    assert "## How to read these tables" in text

@@ -2,35 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import SimpleITK as sitk
 import yaml
 
 from aide_ray.exceptions import ConfigError
 from aide_ray.experiments.catalogue import Inputs, get_setting, load_setting, settings
-from aide_ray.experiments.prepare import (PrepareContext, prepare_setting, qubiq_annotators, recipe_of,
-                                          shenzhen_protocols)
+from aide_ray.data.shards import read_slices_local
+from aide_ray.experiments.prepare import (PrepareContext, prepare_setting, qubiq_annotators, qubiq_scribbles,
+                                          recipe_of, shenzhen_protocols)
 
-from .helpers import make_shenzhen
+from .helpers import make_qubiq, make_shenzhen
 
 
 def test_annotator_manifests_hold_one_label_per_case(tmp_path: Path) -> None:
     """On a tiny QUBIQ-like folder: rater1 / random rater per case, train kind lq, no test rows."""
-    data = tmp_path / "qubiq"
-    (data / "images").mkdir(parents=True)
-    (data / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for c in range(1, 11):
-        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 255, (16, 16), dtype=np.uint8)),
-                        str(data / "images" / f"case{c:02d}.png"))
-        for r in range(1, 4):
-            mask = np.zeros((16, 16), np.uint8)
-            mask[4:10 + r, 4:10] = 255
-            sitk.WriteImage(sitk.GetImageFromArray(mask), str(data / "masks" / f"case{c:02d}_rater{r}.png"))
+    data = make_qubiq(tmp_path / "qubiq")
     out = tmp_path / "exp"
     prepared = qubiq_annotators(PrepareContext(data, out, Inputs(16)))
     every = pd.read_csv(prepared.reference)
@@ -77,7 +69,8 @@ def test_the_protocols_recipe_makes_one_training_set_per_protocol(tmp_path: Path
         shenzhen_protocols(ctx, protocols=["limited"], clean_fraction=0.1)
 
 
-@pytest.mark.parametrize("name", ["benchmark", "headroom", "noisy", "annotators", "limited"])
+@pytest.mark.parametrize("name", ["benchmark", "headroom", "noisy", "annotators", "limited", "scribbles",
+                                  "scribbles_qubiq"])
 def test_the_shipped_settings_name_recipes_that_make_their_training_sets(name: str) -> None:
     recipe = recipe_of(get_setting(name))
     assert {arm.data for arm in settings()[name].arms} <= set(recipe.data_keys)
@@ -92,7 +85,9 @@ def _setting(tmp_path: Path, prepare: dict, data: str = "hq10"):
 
 @pytest.mark.parametrize("prepare, data, message", [
     ({"recipe": "shenzen_limited"}, "hq10",
-     r"t\.yaml: prepare\.recipe must be one of \['qubiq_annotators', 'shenzhen_limited', 'shenzhen_noisy', 'shenzhen_protocols'\], "
+     r"t\.yaml: prepare\.recipe must be one of \['qubiq_annotators', 'qubiq_scribbles', 'shenzhen_limited', "
+     r"'shenzhen_noisy', "
+     r"'shenzhen_protocols', 'shenzhen_scribbles'\], "
      r"got 'shenzen_limited' \(did you mean 'shenzhen_limited'\?\)"),
     ({"recipe": "shenzhen_limited", "options": {"labeled_fraction": 0.1, "pseudo_labels_from": "a"}}, "hq10",
      r"t\.yaml: keys of prepare\.options must be among \['labelled_fraction', 'pseudo_labels_from'\] .*"
@@ -107,3 +102,48 @@ def _setting(tmp_path: Path, prepare: dict, data: str = "hq10"):
 def test_recipe_errors_name_the_file_and_key(tmp_path: Path, prepare: dict, data: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         recipe_of(_setting(tmp_path, prepare, data))
+
+
+def _scribble_rows(manifest: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    table = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    return table[table["split"] == "train"], table[table["split"] != "train"]
+
+
+def test_the_shenzhen_scribble_recipe_scribbles_train_masks_only(tmp_path: Path) -> None:
+    data = make_shenzhen(tmp_path / "shenzhen")
+    out = tmp_path / "exp"
+    ctx = PrepareContext(data, out, Inputs(32))  # the drawing grid: 1 px strokes would not survive resampling
+    prepared = prepare_setting(get_setting("scribbles"), ctx)
+    assert set(prepared.train) == {"scribbles", "clean"} and prepared.reference == out / "data" / "clean.csv"
+    train, held = _scribble_rows(out / "data" / "scribbles" / "manifest.csv")
+    assert set(train["label_kind"]) == {"scribble"} and set(held["label_kind"]) == {"hq"}
+    assert all(Path(p).parent.name == "masks" for p in train["clean_label"])  # the masks kept for diagnostics
+    counts = json.loads((prepared.train["scribbles"] / "dataset.json").read_text())["counts"]["split_label_kind"]
+    assert counts["train"] == {"scribble": 14} and counts["val"] == {"hq": 2}
+    labels = read_slices_local(prepared.train["scribbles"], "train")["label"]
+    assert set(np.unique(labels)) == {0, 1, 255}
+    share = float(re.search(r"annotating ([0-9.]+)% of the train pixels", prepared.note).group(1))
+    assert 0.5 < share < 50 and prepared.note.startswith("Cases (train, val, test): train 14, val 2, test 4.")
+    assert "width 5, keep 0.8, background distance 8 px" in prepared.note
+    stamp = (prepared.train["scribbles"] / "dataset.json").stat().st_mtime_ns
+    assert prepare_setting(get_setting("scribbles"), ctx).note == prepared.note  # made once, the same again
+    assert (prepared.train["scribbles"] / "dataset.json").stat().st_mtime_ns == stamp
+
+
+def test_the_qubiq_scribble_recipe_trains_on_one_rater_and_tests_on_all(tmp_path: Path) -> None:
+    data = make_qubiq(tmp_path / "qubiq")
+    out = tmp_path / "exp"
+    ctx = PrepareContext(data, out, Inputs(16))
+    prepared = qubiq_scribbles(ctx, rater="rater2")
+    assert len(pd.read_csv(prepared.reference)) == 30  # every rater: the test references
+    train, held = _scribble_rows(out / "data" / "scribbles" / "manifest.csv")
+    assert set(train["label_kind"]) == {"scribble"} and set(held["split"]) == {"val"}
+    assert set(held["label_kind"]) == {"hq"} and set(train["annotator"]) == set(held["annotator"]) == {"rater2"}
+    clean = pd.read_csv(out / "data" / "train_rater2.csv")
+    assert set(clean["split"]) == {"train", "val"} and (prepared.train["clean"] / "dataset.json").is_file()
+    assert "rater2's masks" in prepared.note
+    with pytest.raises(ConfigError, match=r"prepare\.options\.rater must be one of \['rater1', 'rater2', 'rater3'\], "
+                                          r"got 'rater9'"):
+        qubiq_scribbles(ctx, rater="rater9")
+    with pytest.raises(ConfigError, match=r"prepare\.options: scribble keep fraction must be in \(0, 1\]"):
+        qubiq_scribbles(PrepareContext(data, tmp_path / "exp2", Inputs(16)), scribble_keep=0.0)
