@@ -5,7 +5,7 @@ Producer: the ``train`` dataset of :func:`aide_ray.distributed.data_pipeline.bui
 it fits, then per pass block reordering and random flips; the exact pipeline a
 training run streams; ``--pipeline streaming`` measures the fallback for data that
 does not fit), iterated fully with ``iter_batches`` as the worker loop does (numpy
-batches of 8, one batch prefetched, the same local shuffle buffer) for several epochs; slices/s
+batches of 8, the same prefetch and local shuffle buffer: ``iter_options``) for several epochs; slices/s
 over the epochs after the first (the first includes Ray Data's start-up) and
 also over all of them.
 
@@ -40,23 +40,22 @@ def pipeline_epochs(shards: Path, batch_size: int, epochs: int,
     full pass over it, and per pass after the first, how many of its batches hold exactly the
     rows of a batch of the previous pass (a check on shuffling)."""
     from aide_ray.data.shards import load_dataset_info
-    from aide_ray.distributed.data_pipeline import build_datasets, shuffle_buffer_rows
+    from aide_ray.distributed.data_pipeline import build_datasets, iter_options, use_cache
 
     info = load_dataset_info(shards)
+    rows = {"train_split": "train", "val_split": "", "labelled_only": True, "unlabelled_fraction": 0.5}
+    cache = use_cache(info, **rows) if cache is None else cache
     start = time.perf_counter()
-    train = build_datasets(str(shards), train_split="train", val_split="", labelled_only=True,
-                           unlabelled_fraction=0.5, flip=True, max_retries=2, info=info,
-                           cache=cache)["train"]
+    train = build_datasets(str(shards), **rows, flip=True, max_retries=2, info=info, cache=cache)["train"]
     build = time.perf_counter() - start
+    options = iter_options(batch_size, train=True, shuffle=True, streaming=not cache)  # as the workers iterate
     out, repeated = [], []
     previous: set[frozenset[int]] = set()
     for _ in range(epochs):
         start = time.perf_counter()
         rows = 0
         seen = set()
-        for batch in train.iter_batches(batch_size=batch_size, batch_format="numpy", drop_last=True,
-                                        prefetch_batches=1,
-                                        local_shuffle_buffer_size=shuffle_buffer_rows(batch_size)):
+        for batch in train.iter_batches(**options):
             rows += len(batch["sample_index"])
             seen.add(frozenset(batch["sample_index"].tolist()))
         out.append((rows, time.perf_counter() - start))

@@ -37,20 +37,22 @@ from torch import nn
 
 from aide_ray.config import Config, from_dict
 from aide_ray.distributed.console import quiet_loggers
-from aide_ray.distributed.data_pipeline import shuffle_buffer_rows
+from aide_ray.distributed.data_pipeline import iter_options
 from aide_ray.engine.backend import Backend, Split
 from aide_ray.engine.loop import train_loop
 from aide_ray.exceptions import CheckpointError
 from aide_ray.runs.checkpoint import verify_checkpoint
 from aide_ray.runs.folder import checkpoint_dirs
 
-__all__ = ["RayBackend", "ActorClient", "train_loop_per_worker", "FAIL_AT_KEY", "RESTORE_KEY", "RUN_DIR_KEY"]
+__all__ = ["RayBackend", "ActorClient", "train_loop_per_worker", "FAIL_AT_KEY", "RESTORE_KEY", "RUN_DIR_KEY",
+           "STREAMING_KEY"]
 
 # Test hook: one point or a list of points {"epoch", "step", "rank", "marker"} where the worker dies once
 # (:meth:`RayBackend.before_step`); a point with "pause_s" pauses there once instead.
 FAIL_AT_KEY = "_fail_at"
 RESTORE_KEY = "restore_from"  # the driver's verified checkpoint of a resume (a path), or None
 RUN_DIR_KEY = "run_dir"  # the run folder (path or URI), whose newest checkpoint a restart may restore
+STREAMING_KEY = "streaming"  # the datasets stream from Parquet every epoch (not cached): prefetch more
 
 
 class ActorClient:
@@ -87,6 +89,7 @@ class RayBackend(Backend):
         self.labels = ActorClient(loop_config["label_store"])
         self.has_val = bool(loop_config["has_val"])
         self._shuffle = cfg.data.shuffle
+        self._streaming = bool(loop_config.get(STREAMING_KEY, False))
         fail_at = loop_config.get(FAIL_AT_KEY) or []
         self._fail_at = [fail_at] if isinstance(fail_at, dict) else list(fail_at)
         self._restore_from = loop_config.get(RESTORE_KEY)
@@ -100,12 +103,10 @@ class RayBackend(Backend):
     def batches(self, split: Split, batch_size: int, *, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         if split not in self._shards:
             return iter(())
-        train = split == "train"
         # iter_batches (numpy) rather than iter_torch_batches: rows carry strings
         # (sample_id, case_id) and label overlays happen in numpy before tensors are made.
-        return self._shards[split].iter_batches(
-            batch_size=batch_size, batch_format="numpy", drop_last=train, prefetch_batches=1,
-            local_shuffle_buffer_size=shuffle_buffer_rows(batch_size) if train and self._shuffle else None)
+        return self._shards[split].iter_batches(**iter_options(batch_size, train=split == "train",
+                                                               shuffle=self._shuffle, streaming=self._streaming))
 
     def announce(self, line: str) -> None:
         # Ray Train patches print() in its workers to log through its logger, which its console handler

@@ -13,7 +13,13 @@ When the decoded rows fit in a quarter of the object store they are decoded
 once per run and cached there in blocks of 32 rows: an epoch then only reorders
 blocks and flips, instead of re-listing files, re-reading Parquet and
 re-decoding (which cost every epoch 10 s of start-up on our machines, see
-docs/performance.md). Larger datasets stream from Parquet every epoch.
+docs/performance.md). Larger datasets stream from Parquet every epoch, with
+nothing that waits for the whole epoch: the shard files are listed once per
+run and read in a new order every epoch (``shuffle="files"``) instead of
+reordering decoded blocks (``randomize_block_order`` is an all-to-all barrier:
+the first batch would wait until the whole epoch was read and decoded, spilled
+to disk when it does not fit the object store), and the workers prefetch more
+batches (docs/performance.md, "Streaming at scale").
 
 The ``map_batches`` functions live in this import-safe module (no work at
 import) because Ray ships them to worker processes by reference.
@@ -33,13 +39,18 @@ from aide_ray.data.label_kinds import FULL_MASK_KINDS, labelled_rows
 from aide_ray.distributed.shard_reader import read_slices
 from aide_ray.engine.run_setup import has_validation
 
-__all__ = ["build_datasets", "cache_fits", "decoded_bytes", "shuffle_buffer_rows", "TRAIN_COLUMNS"]
+__all__ = ["build_datasets", "cache_fits", "decoded_bytes", "iter_options", "shuffle_buffer_rows", "use_cache",
+           "TRAIN_COLUMNS"]
 
 # Decoded rows are cached in the object store when they take at most this share
 # of it (the rest stays for Ray Data's own blocks, checkpoints and the label store).
 CACHE_SHARE_OF_OBJECT_STORE = 0.25
 CACHE_BLOCK_ROWS = 32
 ROW_OVERHEAD_BYTES = 256  # ids, flags and Arrow/numpy bookkeeping per row, a generous bound
+# Batches a worker's iterator fetches ahead: cached blocks already sit in the object store; streamed
+# blocks come from read tasks (possibly on another node), so a few more hide their latency.
+PREFETCH_BATCHES = 1
+STREAMING_PREFETCH_BATCHES = 4
 
 # Columns the training path needs; the rest of the schema stays on disk.
 TRAIN_COLUMNS = ["sample_index", "sample_id", "case_id", "image", "label", "clean_label", "label_kind",
@@ -50,6 +61,14 @@ def shuffle_buffer_rows(batch_size: int) -> int:
     """Rows a worker's local shuffle buffer holds: block-order randomisation alone keeps each
     block's rows together, so every epoch would repeat the same batches."""
     return max(8 * batch_size, 64)
+
+
+def iter_options(batch_size: int, *, train: bool, shuffle: bool, streaming: bool) -> dict[str, Any]:
+    """``iter_batches`` keyword arguments of a worker's pass: numpy batches (rows carry strings, and
+    label overlays happen in numpy), full batches and the local shuffle buffer for the train pass."""
+    return {"batch_size": batch_size, "batch_format": "numpy", "drop_last": train,
+            "prefetch_batches": STREAMING_PREFETCH_BATCHES if streaming else PREFETCH_BATCHES,
+            "local_shuffle_buffer_size": shuffle_buffer_rows(batch_size) if train and shuffle else None}
 
 
 def _decoded(ds, max_retries: int, batch_size: int = 64):
@@ -80,6 +99,25 @@ def cache_fits(nbytes: int) -> bool:
     return nbytes <= CACHE_SHARE_OF_OBJECT_STORE * store
 
 
+def _row_counts(info: dict[str, Any], train_split: str, val_split: str, labelled_only: bool,
+                unlabelled_fraction: float) -> tuple[int, int, bool, int]:
+    """(labelled train rows, unlabelled train rows, whether they are used, validation rows)."""
+    counts = info["counts"]["split_label_kind"]
+    split_counts = counts.get(train_split, {})
+    n_unlabelled = int(split_counts.get("none", 0))
+    n_val = labelled_rows(counts[val_split], FULL_MASK_KINDS) if has_validation(val_split, counts) else 0
+    use_unlabelled = not labelled_only and n_unlabelled > 0 and unlabelled_fraction > 0
+    return labelled_rows(split_counts), n_unlabelled, use_unlabelled, n_val
+
+
+def use_cache(info: dict[str, Any], *, train_split: str, val_split: str, labelled_only: bool,
+              unlabelled_fraction: float) -> bool:
+    """Whether :func:`build_datasets` caches the decoded rows (they fit :func:`cache_fits`) or streams them."""
+    n_labelled, n_unlabelled, use_unlabelled, n_val = _row_counts(info, train_split, val_split, labelled_only,
+                                                                  unlabelled_fraction)
+    return cache_fits(decoded_bytes(info["shape"], n_labelled + n_val + (n_unlabelled if use_unlabelled else 0)))
+
+
 def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelled_only: bool,
                    unlabelled_fraction: float, flip: bool, max_retries: int,
                    info: dict[str, Any], cache: bool | None = None, shuffle: bool = True) -> dict[str, Any]:
@@ -94,21 +132,22 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
         cache: decode once and keep the decoded rows in the object store (every
             epoch then only reorders and flips them); None: when they take at most
             ``CACHE_SHARE_OF_OBJECT_STORE`` of the cluster's object store.
-        shuffle: a new block order every epoch; False keeps the rows in sample order
-            (with one worker and no local shuffle buffer, the local backend's order).
+        shuffle: a new block order every epoch (streaming: a new order of the shard
+            files); False keeps the rows in sample order (with one worker and no local
+            shuffle buffer, the local backend's order).
     """
-    counts = info["counts"]["split_label_kind"]
-    split_counts = counts.get(train_split, {})
-    n_labelled = labelled_rows(split_counts)
-    n_unlabelled = int(split_counts.get("none", 0))
-    use_unlabelled = not labelled_only and n_unlabelled > 0 and unlabelled_fraction > 0
-    validate = has_validation(val_split, counts)
-    n_val = labelled_rows(counts[val_split], FULL_MASK_KINDS) if validate else 0
+    n_labelled, n_unlabelled, use_unlabelled, n_val = _row_counts(info, train_split, val_split, labelled_only,
+                                                                  unlabelled_fraction)
+    validate = n_val > 0
     if cache is None:
-        cache = cache_fits(decoded_bytes(info["shape"], n_labelled + n_val + (n_unlabelled if use_unlabelled else 0)))
+        cache = use_cache(info, train_split=train_split, val_split=val_split, labelled_only=labelled_only,
+                          unlabelled_fraction=unlabelled_fraction)
 
-    def decoded(split: str, kind_filter: str | None, rows: int):
-        ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS)
+    def decoded(split: str, kind_filter: str | None, rows: int, shuffled: bool = False):
+        if cache:
+            ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS)
+        else:  # executed every epoch: list the files once; shuffle them, not the decoded blocks
+            ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS, plan_once=True, shuffle_files=shuffled)
         if kind_filter:
             ds = ds.filter(expr=kind_filter)
         ds = _decoded(ds, max_retries)
@@ -117,10 +156,10 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
             ds = ds.repartition(max(1, math.ceil(rows / CACHE_BLOCK_ROWS))).materialize()
         return ds
 
-    labelled = decoded(train_split, "label_kind != 'none'" if n_unlabelled else None, n_labelled)
+    labelled = decoded(train_split, "label_kind != 'none'" if n_unlabelled else None, n_labelled, shuffle)
     train = labelled
     if use_unlabelled:
-        unlabelled = decoded(train_split, "label_kind == 'none'", n_unlabelled)
+        unlabelled = decoded(train_split, "label_kind == 'none'", n_unlabelled, shuffle)
         # Rows needed so that unlabelled / (labelled + unlabelled) == fraction.
         wanted = unlabelled_fraction / (1.0 - unlabelled_fraction) * max(n_labelled, 1)
         copies = max(1, math.ceil(wanted / n_unlabelled))
@@ -129,7 +168,7 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
         if fraction < 1.0:
             pool = pool.random_sample(fraction)
         train = labelled.union(pool)
-    if shuffle:
+    if shuffle and cache:
         train = train.randomize_block_order()
     train = _map(train, flip_augment if flip else no_flip, max_retries)
     datasets = {"train": train, "score": _map(labelled, no_flip, max_retries)}

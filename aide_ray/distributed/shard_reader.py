@@ -10,9 +10,10 @@ Data side, used by the training pipelines
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,14 +28,41 @@ from aide_ray.label_values import UNANNOTATED
 __all__ = ["read_slices", "summarize"]
 
 
+@contextlib.contextmanager
+def _planned_on_the_driver() -> Iterator[None]:
+    """``read_parquet`` through Ray Data's V1 Parquet datasource while in this block.
+
+    The V2 datasource (Ray 2.60's default, ``DataContext.use_datasource_v2``) lists the
+    files and reads their footers again on every execution, in one listing task per
+    path, each of which starts ``RAY_DATA_PARQUET_FOOTER_NUM_ACTORS`` (32) footer-reading
+    actors (``ray/data/_internal/datasource_v2/formats/parquet/footer_file_indexer.py``).
+    V1 lists the files once, on the driver, when the dataset is created (and samples a few
+    of them to size its blocks); an execution then only runs its read tasks. The flag is
+    read by ``read_parquet`` itself, so it is set for that call only.
+    """
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.use_datasource_v2
+    ctx.use_datasource_v2 = False
+    try:
+        yield
+    finally:
+        ctx.use_datasource_v2 = before
+
+
 def read_slices(path: str | os.PathLike, split: str | None = None, *,
-                columns: Sequence[str] | None = None) -> ray.data.Dataset:
+                columns: Sequence[str] | None = None, plan_once: bool = False,
+                shuffle_files: bool = False) -> ray.data.Dataset:
     """Stream slice rows with Ray Data (raw, undecoded columns of :data:`aide_ray.data.shards.SCHEMA`).
 
     Args:
         path: shards folder.
         split: keep only rows of this split (pushed down into the Parquet scan); None: all rows.
         columns: keep only these columns; None: all.
+        plan_once: for a dataset executed every epoch (the streaming pipeline): list the
+            shards once, here, instead of in every execution (:func:`_planned_on_the_driver`).
+        shuffle_files: read the shard files in a new random order in every execution
+            (``shuffle="files"``), a shuffle without a barrier (a worker's local shuffle
+            buffer then mixes the rows of the files in flight).
     Returns:
         A lazy ``ray.data.Dataset``; decode with
         ``ds.map_batches(decode_batch, batch_format="numpy")``.
@@ -43,7 +71,9 @@ def read_slices(path: str | os.PathLike, split: str | None = None, *,
     """
     info = load_dataset_info(path)
     check_split(split, info, path)
-    ds = ray.data.read_parquet(shard_files(path))
+    options = {"shuffle": "files"} if shuffle_files else {}
+    with _planned_on_the_driver() if plan_once else contextlib.nullcontext():
+        ds = ray.data.read_parquet(shard_files(path), **options)
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
     if columns is not None:

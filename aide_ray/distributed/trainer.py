@@ -26,9 +26,9 @@ from ray.train.torch import TorchTrainer
 from aide_ray._internal import fs
 from aide_ray.config import Config
 from aide_ray.data.shards import load_dataset_info
-from aide_ray.distributed.backend import FAIL_AT_KEY, RESTORE_KEY, RUN_DIR_KEY, train_loop_per_worker
+from aide_ray.distributed.backend import FAIL_AT_KEY, RESTORE_KEY, RUN_DIR_KEY, STREAMING_KEY, train_loop_per_worker
 from aide_ray.distributed.console import quiet_loggers
-from aide_ray.distributed.data_pipeline import build_datasets
+from aide_ray.distributed.data_pipeline import build_datasets, use_cache
 from aide_ray.distributed.label_actor import create_label_store_actor
 from aide_ray.distributed.runtime import init_ray
 from aide_ray.engine.report import TrainingOutcome, finish_run, summary_table
@@ -132,10 +132,11 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
     info = load_dataset_info(shards)
     method = method_class(cfg.method)
     has_val = has_validation(cfg.data.val_split, info["counts"]["split_label_kind"])
-    datasets = build_datasets(str(shards), train_split=cfg.data.train_split, val_split=cfg.data.val_split,
-                              labelled_only=not method.uses_unlabelled,
-                              unlabelled_fraction=cfg.data.unlabelled_fraction, flip=cfg.data.flip_augment,
-                              max_retries=cfg.data.max_retries, info=info, shuffle=cfg.data.shuffle)
+    rows = {"train_split": cfg.data.train_split, "val_split": cfg.data.val_split,
+            "labelled_only": not method.uses_unlabelled, "unlabelled_fraction": cfg.data.unlabelled_fraction}
+    cache = use_cache(info, **rows)
+    datasets = build_datasets(str(shards), **rows, flip=cfg.data.flip_augment, max_retries=cfg.data.max_retries,
+                              info=info, cache=cache, shuffle=cfg.data.shuffle)
     storage = storage_path or fs.resolve(cfg.run.storage_path)
     # The actor's own restart snapshot must be a local file; on object storage the
     # per-checkpoint snapshots still hold every epoch's labels.
@@ -154,6 +155,7 @@ def build_trainer(cfg: Config, shards: Path | str, name: str, *, callbacks: Sequ
         "verbose": verbose,
         RESTORE_KEY: None if restore_from is None else str(restore_from),
         RUN_DIR_KEY: fs.join(storage, name),
+        STREAMING_KEY: not cache,
     }
     if fail_at:
         loop_config[FAIL_AT_KEY] = fail_at

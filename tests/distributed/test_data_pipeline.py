@@ -83,3 +83,25 @@ def test_the_cache_is_used_only_when_it_fits_the_object_store(ray_cluster):
     store = ray_cluster.cluster_resources()["object_store_memory"]
     assert cache_fits(int(0.2 * store))
     assert not cache_fits(int(0.3 * store))
+
+
+def _operators(dataset) -> list[str]:
+    """Names of the logical operators of a dataset's plan (Ray Data's own classes)."""
+    names, todo = [], [dataset._logical_plan.dag]
+    while todo:
+        op = todo.pop()
+        names.append(type(op).__name__)
+        todo.extend(op.input_dependencies)
+    return names
+
+
+def test_the_streaming_pipeline_waits_for_no_whole_epoch_and_lists_the_files_once(ray_cluster, tiny_shards):
+    """Streaming: no all-to-all barrier (``RandomizeBlocks`` would hold back the first batch until the whole
+    epoch is read and decoded) and the V1 Parquet read (``Read``, files listed when the dataset is built), not
+    V2's ``ListFiles`` -> ``ReadFiles``, which lists and reads footers again in every execution."""
+    cached = _operators(_build(tiny_shards, True)["train"])
+    assert "RandomizeBlocks" in cached
+    streaming = _build(tiny_shards, False)
+    for name in ("train", "score", "val"):
+        ops = _operators(streaming[name])
+        assert "RandomizeBlocks" not in ops and "Read" in ops and "ListFiles" not in ops, (name, ops)
