@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,30 @@ def tiny_semi_shards(tiny_manifest, tmp_path_factory) -> Path:
     limited = corrupt_manifest(tiny_manifest, tmp_path_factory.mktemp("tiny") / "limited", "limited",
                                seed=0, labelled_fraction=0.5)
     return ingest(limited, tmp_path_factory.mktemp("tiny") / "semi_shards", TINY, progress=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 (moto's threaded server, 127.0.0.1 only): its endpoint URL. Skipped without moto (dev extra)."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[s3] (the dev extra) runs the local S3")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch) -> str:
+    """A new, empty bucket on the local S3, as ``s3://NAME``. For the test's duration the environment points
+    pyarrow's S3 filesystem, and so every ``s3://`` URI of aide_ray (and of subprocesses), at that server."""
+    import pyarrow.fs as pafs
+
+    for key, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    name = f"aide-{uuid.uuid4().hex[:12]}"
+    pafs.S3FileSystem(endpoint_override=s3_server, access_key="testing", secret_key="testing", region="us-east-1",
+                      allow_bucket_creation=True).create_dir(name)
+    return f"s3://{name}"
