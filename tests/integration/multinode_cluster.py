@@ -25,8 +25,9 @@ the cluster:
      snapshot while the run goes on.
 
 It writes ``WORKDIR/result.json``: the run folder, each node's id, every actor Ray
-recorded (class, node, state, restarts) and what was done when. The test reads it
-and asserts; this file asserts nothing itself.
+recorded (class, node, state, restarts), the node every Ray Data task ran on (from
+the task events the GCS keeps: no dashboard needed) and what was done when. The test
+reads it and asserts; this file asserts nothing itself.
 
 Everything runs in this process's own Ray temp folder (``RAY_TMPDIR``), so neither
 the test session's Ray nor any other Ray on the machine is touched or joined.
@@ -147,6 +148,26 @@ def actors() -> list[dict]:
             for a in ray._private.state.actors().values()]
 
 
+# Ray Data's work: its map tasks (reads, decodes, flips: every MapOperator runs ``_map_task``), the V1 Parquet
+# reader's sampling tasks and the V2 reader's footer-reading actors.
+DATA_TASKS = ("_map_task", "_fetch_parquet_file_info")
+DATA_ACTORS = ("FooterReader.",)
+
+
+def data_tasks() -> list[dict]:
+    """Every Ray Data task attempt the GCS recorded: its function, name and the node it ran on."""
+    out = []
+    for event in ray._private.state.state._get_all_task_events():
+        info = event.task_info
+        func = info.func_or_class_name
+        if not event.HasField("task_info") or not (func in DATA_TASKS or func.startswith(DATA_ACTORS)):
+            continue
+        node = event.state_updates.node_id or info.node_id
+        if node:
+            out.append({"func": func, "name": info.name, "node_id": node.hex()})
+    return out
+
+
 def main(workdir: Path, shards: str, init_from: str) -> None:
     started = time.monotonic()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
@@ -175,6 +196,10 @@ def main(workdir: Path, shards: str, init_from: str) -> None:
     result.update(nodes={name: node.node_id for name, node in nodes.items()}, actors=actors(),
                   started_with_one_worker=(workdir / "pause-0").exists(),
                   events=choreography.events, choreography_error=choreography.error)
+    try:
+        result["data_tasks"] = data_tasks()
+    except Exception:  # the test reads it from result.json
+        result["data_tasks_error"] = traceback.format_exc()
     (workdir / "result.json").write_text(json.dumps(result, indent=1))
     ray.shutdown()
     cluster.shutdown()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -151,3 +152,14 @@ def test_elastic_workers_follow_the_nodes_and_selection_stays_exact(run, tiny_sh
             assert row[f"selected_{net}"] == min(k, eligible - corrected_before[net]), (epoch, net)
             assert row[f"relabelled_{net}"] <= row[f"selected_{net}"], (epoch, net)
             corrected_before[net] = row[f"corrected_{net}"]
+
+
+def test_ray_data_tasks_ran_on_more_than_one_node(run):
+    """Ray Data schedules its tasks and actors ``SPREAD`` over the nodes with a free CPU, and every node reads
+    the shards (one shared folder here): the one-off decode of the datasets into the object store runs before
+    the worker group takes the train nodes' only CPU, so it uses the train nodes too (the footer readers and the
+    read and decode tasks); the per-epoch tasks (flips) then find free CPUs on the head only."""
+    assert run.get("data_tasks_error") is None, run["data_tasks_error"]
+    names = {node_id: name for name, node_id in run["nodes"].items()}
+    per_node = Counter((names.get(t["node_id"], t["node_id"]), t["func"]) for t in run["data_tasks"])
+    assert run["data_tasks"] and len({node for node, _ in per_node}) > 1, per_node
