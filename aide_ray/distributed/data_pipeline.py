@@ -13,7 +13,10 @@ When the decoded rows fit in a quarter of the object store they are decoded
 once per run and cached there in blocks of 32 rows: an epoch then only reorders
 blocks and flips, instead of re-listing files, re-reading Parquet and
 re-decoding (which cost every epoch 10 s of start-up on our machines, see
-docs/performance.md). Larger datasets stream from Parquet every epoch, with
+docs/performance.md). That one-off decode is a run's start-up, so its splits
+branch from one Parquet read planned once on the driver (no listing or footer
+actors in its executions) and the executions that materialise them run
+concurrently, not one after the other. Larger datasets stream from Parquet every epoch, with
 nothing that waits for the whole epoch: the shard files are listed once per
 run and read in a new order every epoch (``shuffle="files"``) instead of
 reordering decoded blocks (``randomize_block_order`` is an all-to-all barrier:
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import ray
@@ -36,7 +40,7 @@ import ray
 from aide_ray.data.augment import flip_augment, no_flip
 from aide_ray.data.decode import decode_batch
 from aide_ray.data.label_kinds import FULL_MASK_KINDS, labelled_rows
-from aide_ray.distributed.shard_reader import read_slices
+from aide_ray.distributed.shard_reader import read_slices, read_splits
 from aide_ray.engine.run_setup import has_validation
 
 __all__ = ["build_datasets", "cache_fits", "decoded_bytes", "iter_options", "shuffle_buffer_rows", "use_cache",
@@ -143,9 +147,13 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
         cache = use_cache(info, train_split=train_split, val_split=val_split, labelled_only=labelled_only,
                           unlabelled_fraction=unlabelled_fraction)
 
+    # Cached: the splits are branches of one read planned once, and their one-off decodes run concurrently.
+    sources = read_splits(shards_dir, [train_split] + ([val_split] if validate else []),
+                          columns=TRAIN_COLUMNS) if cache else {}
+
     def decoded(split: str, kind_filter: str | None, rows: int, shuffled: bool = False):
         if cache:
-            ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS)
+            ds = sources[split]
         else:  # executed every epoch: list the files once; shuffle them, not the decoded blocks
             ds = read_slices(shards_dir, split=split, columns=TRAIN_COLUMNS, plan_once=True, shuffle_files=shuffled)
         if kind_filter:
@@ -153,13 +161,16 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
         ds = _decoded(ds, max_retries)
         if cache:
             # Small blocks, so that reordering blocks every epoch mixes rows of many cases.
-            ds = ds.repartition(max(1, math.ceil(rows / CACHE_BLOCK_ROWS))).materialize()
+            ds = ds.repartition(max(1, math.ceil(rows / CACHE_BLOCK_ROWS)))
         return ds
 
     labelled = decoded(train_split, "label_kind != 'none'" if n_unlabelled else None, n_labelled, shuffle)
+    unlabelled = decoded(train_split, "label_kind == 'none'", n_unlabelled, shuffle) if use_unlabelled else None
+    val = decoded(val_split, "label_kind != 'none'", n_val) if validate else None
+    if cache:
+        labelled, unlabelled, val = _materialize_concurrently(labelled, unlabelled, val)
     train = labelled
-    if use_unlabelled:
-        unlabelled = decoded(train_split, "label_kind == 'none'", n_unlabelled, shuffle)
+    if unlabelled is not None:
         # Rows needed so that unlabelled / (labelled + unlabelled) == fraction.
         wanted = unlabelled_fraction / (1.0 - unlabelled_fraction) * max(n_labelled, 1)
         copies = max(1, math.ceil(wanted / n_unlabelled))
@@ -172,7 +183,23 @@ def build_datasets(shards_dir: str, *, train_split: str, val_split: str, labelle
         train = train.randomize_block_order()
     train = _map(train, flip_augment if flip else no_flip, max_retries)
     datasets = {"train": train, "score": _map(labelled, no_flip, max_retries)}
-    if validate:
-        val = decoded(val_split, "label_kind != 'none'", n_val)
+    if val is not None:
         datasets["val"] = _map(val, no_flip, max_retries)
     return datasets
+
+
+def _materialize_concurrently(*datasets: Any) -> list[Any]:
+    """``ds.materialize()`` of each dataset (None stays None), the executions running at the same time.
+
+    Ray Data has no execution with more than one output dataset, and ``materialize()`` blocks
+    until its execution ends; run from one thread each, the executions (each with its own
+    streaming executor) overlap their start-up and their tasks instead of adding them up.
+    """
+    todo = [ds for ds in datasets if ds is not None]
+    if len(todo) < 2:
+        done = [ds.materialize() for ds in todo]
+    else:
+        with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="aide-ray-cache") as pool:
+            done = list(pool.map(lambda ds: ds.materialize(), todo))
+    results = iter(done)
+    return [None if ds is None else next(results) for ds in datasets]

@@ -1,4 +1,4 @@
-"""Ray Data readers of the Parquet slice shards: the streaming reader and the epoch summary.
+"""Ray Data readers of the Parquet slice shards: the readers of the training pipelines and the epoch summary.
 
 The shard layout (schema, ``dataset.json``, the pyarrow reader) lives in
 :mod:`aide_ray.data.shards`, which stays free of Ray; this module is its Ray
@@ -25,7 +25,7 @@ from aide_ray.data.shards import SCHEMA, check_split, load_dataset_info, shard_f
 from aide_ray.exceptions import InputError
 from aide_ray.label_values import UNANNOTATED
 
-__all__ = ["read_slices", "summarize"]
+__all__ = ["read_slices", "read_splits", "summarize"]
 
 
 @contextlib.contextmanager
@@ -71,15 +71,52 @@ def read_slices(path: str | os.PathLike, split: str | None = None, *,
     """
     info = load_dataset_info(path)
     check_split(split, info, path)
+    _check_columns(columns)
     options = {"shuffle": "files"} if shuffle_files else {}
     with _planned_on_the_driver() if plan_once else contextlib.nullcontext():
         ds = ray.data.read_parquet(shard_files(path), **options)
+    return _select(ds, split, columns)
+
+
+def read_splits(path: str | os.PathLike, splits: Sequence[str], *,
+                columns: Sequence[str] | None = None) -> dict[str, ray.data.Dataset]:
+    """The rows of several splits as branches of one read, planned once (``plan_once`` of :func:`read_slices`).
+
+    One :func:`read_slices` call per split would list the shards and sample their footers on
+    the driver once per split, one after the other; here that happens once for all of them.
+    Each branch is a lazy dataset like ``read_slices(path, split, columns=columns, plan_once=True)``:
+    its split is filtered in the Parquet scan, so executing it reads the shards and keeps that
+    split's rows. Branches of one read can be executed one after the other or concurrently.
+
+    Args:
+        path: shards folder.
+        splits: the splits wanted (a split named twice gives one branch).
+        columns: keep only these columns; None: all.
+    Returns:
+        Split -> lazy ``ray.data.Dataset`` of its raw rows.
+    Raises:
+        InputError: not a shards folder, or a split that the dataset lacks.
+    """
+    info = load_dataset_info(path)
+    for split in splits:
+        check_split(split, info, path)
+    _check_columns(columns)
+    with _planned_on_the_driver():
+        ds = ray.data.read_parquet(shard_files(path))
+    return {split: _select(ds, split, columns) for split in dict.fromkeys(splits)}
+
+
+def _check_columns(columns: Sequence[str] | None) -> None:
+    unknown = sorted(set(columns or ()) - set(SCHEMA.names))
+    if unknown:
+        raise InputError(f"columns must be among {SCHEMA.names}, got unknown {unknown}")
+
+
+def _select(ds: ray.data.Dataset, split: str | None, columns: Sequence[str] | None) -> ray.data.Dataset:
+    """``ds`` restricted to the rows of ``split`` (None: all) and to ``columns`` (None: all)."""
     if split is not None:
         ds = ds.filter(expr=col("split") == split)
     if columns is not None:
-        unknown = sorted(set(columns) - set(SCHEMA.names))
-        if unknown:
-            raise InputError(f"columns must be among {SCHEMA.names}, got unknown {unknown}")
         ds = ds.select_columns(list(columns))
     return ds
 
