@@ -49,11 +49,11 @@ def run_report(args: argparse.Namespace) -> int:
         cmd += f" --page {args.page}"
     if args.figures:
         cmd += " --figures " + " ".join(args.figures)
-    preamble = (EXP_DIR / f"{args.page}_preamble.md").read_text().replace("{command}", cmd)
+    preamble = (EXP_DIR / f"{args.page}_preamble.md").read_text(encoding="utf-8").replace("{command}", cmd)
     figure_runs = [(exp, run, f"{Path(exp).name} {run}") for exp, run in
                    (item.split(":", 1) for item in args.figures)]
     path = write_results(args.experiments, args.out, preamble=preamble,
-                         postscript=(EXP_DIR / f"{args.page}_postscript.md").read_text(), figure_runs=figure_runs)
+                         postscript=(EXP_DIR / f"{args.page}_postscript.md").read_text(encoding="utf-8"), figure_runs=figure_runs)
     print(f"wrote {path}")
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import locale
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -95,7 +97,16 @@ def test_read_image_formats_and_errors(tmp_path):
         read_image(tmp_path / "emptydir")
 
 
-def test_read_dicom_series_folder(tmp_path):
+@pytest.fixture
+def keep_locale():
+    """GDCM's DICOM writer sets the process's LC_CTYPE to "C" and leaves it so, which turns Python's default
+    text encoding into ASCII for every later test (a report page with "±" then fails to read back)."""
+    saved = locale.setlocale(locale.LC_ALL, None)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
+
+
+def test_read_dicom_series_folder(tmp_path, keep_locale):
     vol = _image((np.arange(3 * 6 * 5) % 50).astype(np.int16).reshape(3, 6, 5), spacing=(0.8, 0.8, 2.5))
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
