@@ -20,15 +20,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (manifest.csv, labels/)")
     parser.add_argument("--protocol", required=True, choices=list(PROTOCOLS),
                         help="pymic-jsrt(-strong): random dilate/erode/edge-distort; over-seg, under-seg, shifted: "
-                             "a systematic annotator; missed-structure: a structure left out in a share of the "
+                             "a systematic annotator; mixed-over-seg: a share of the cases over-segmented by a "
+                             "careless second annotator; missed-structure: a structure left out in a share of the "
                              "cases; limited: keep a fraction labelled; scribbles: train labels become "
                              "scribbles drawn from the masks (docs/data.md)")
     parser.add_argument("--clean-fraction", type=float, default=0.05,
                         help="noise protocols: share of train cases keeping clean labels (default 0.05)")
     parser.add_argument("--magnitude", type=float, default=NoiseOptions.magnitude,
-                        help="over-seg, under-seg, shifted: pixels at --reference-size (default 8)")
+                        help="over-seg, under-seg, shifted, mixed-over-seg: pixels at --reference-size (default 8)")
     parser.add_argument("--affected-fraction", type=float, default=NoiseOptions.affected_fraction,
-                        help="missed-structure: share of the noisy cases that lose a structure (default 0.5)")
+                        help="missed-structure, mixed-over-seg: share of the noisy cases affected (default 0.5)")
     parser.add_argument("--strength", type=float, default=NoiseOptions.strength,
                         help="pymic-jsrt-strong: factor on pymic-jsrt's radii (default 2)")
     parser.add_argument("--scribble-width", type=float, default=ScribbleOptions.width,

@@ -13,6 +13,11 @@ the files. Two kinds of noise, because they behave differently under training:
   an annotator's consistent habit (always too large, too small, offset, or
   leaving out one of the structures in a share of the cases). These errors do
   not average out, which is what a benchmark needs to show headroom.
+* **mixed annotators** (``mixed-over-seg``): a share of the cases comes from an
+  annotator who over-segments, the rest from an accurate one. A net cannot tell
+  a bias shared by every label from the truth (``over-seg``: no method can win
+  that headroom back); here the accurate majority is the signal a noisy-label
+  method can use to find and fix the careless minority.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from scipy import ndimage
 
 __all__ = [
     "NoiseOptions", "MASK_PROTOCOLS", "DILATE_ERODE_PROBABILITY", "RADIUS_RANGE", "EDGE_SAMPLE_RATIO",
-    "scaled_range", "corrupt_mask", "remove_one_structure", "shift_mask",
+    "scaled_range", "corrupt_mask", "remove_one_structure", "shift_mask", "PER_CASE_PROTOCOLS",
 ]
 
 DILATE_ERODE_PROBABILITY = 0.35  # each of dilation and erosion; edge distortion gets the remaining 0.3
@@ -41,7 +46,8 @@ class NoiseOptions:
     Attributes:
         magnitude: systematic protocols: pixels at the reference size (256) by which a
             label is dilated, eroded or shifted.
-        affected_fraction: ``missed-structure``: share of the noisy cases that lose a structure.
+        affected_fraction: ``missed-structure``: share of the noisy cases that lose a structure;
+            ``mixed-over-seg``: share of the noisy cases drawn by the over-segmenting annotator.
         strength: ``pymic-jsrt-strong``: factor on pymic-jsrt's radius range.
     """
 
@@ -167,6 +173,12 @@ MASK_PROTOCOLS: dict[str, Callable[[np.ndarray, np.random.Generator, float, Nois
     "under-seg": lambda mask, rng, scale, options: ndimage.binary_erosion(
         mask, iterations=_pixels(options.magnitude, scale)),
     "shifted": lambda mask, rng, scale, options: shift_mask(mask, _pixels(options.magnitude, scale), 0),
-    # Which cases lose a structure is decided per case by the driver (affected_fraction).
+    # Which cases lose a structure, or come from the careless annotator, is decided per case by the
+    # driver (affected_fraction, PER_CASE_PROTOCOLS).
     "missed-structure": lambda mask, rng, scale, options: remove_one_structure(mask, rng),
+    "mixed-over-seg": lambda mask, rng, scale, options: ndimage.binary_dilation(
+        mask, iterations=_pixels(options.magnitude, scale)),
 }
+
+# Protocols that change only a share ``affected_fraction`` of the noisy cases, chosen case by case.
+PER_CASE_PROTOCOLS = frozenset({"missed-structure", "mixed-over-seg"})

@@ -15,6 +15,8 @@ settings of the AIDE and PyMIC papers and measure methods where noise hurts:
 - ``pymic-jsrt-strong``: the same with the radius range times ``strength`` (default 2).
 - ``over-seg``, ``under-seg``, ``shifted``: a systematic annotator: every noisy
   label dilated, eroded, or moved down by ``magnitude`` pixels (at 256 px).
+- ``mixed-over-seg``: two annotators: a share ``affected_fraction`` of the noisy
+  cases dilated by ``magnitude`` pixels (the careless one), the others clean.
 - ``missed-structure``: a share ``affected_fraction`` of the noisy cases loses
   one of its structures (a random connected component, e.g. one lung).
 - ``limited``: a fraction of train cases keeps its label; the others become
@@ -45,7 +47,7 @@ from aide_ray._internal.io import atomic_dir
 from aide_ray.data.image_io import label_array, read_image, write_label, write_scribble
 from aide_ray.data.label_kinds import FULL_MASK_KINDS, LQ, NONE, SCRIBBLE
 from aide_ray.data.manifest import read_manifest, write_manifest
-from aide_ray.data.mask_noise import MASK_PROTOCOLS, NoiseOptions, corrupt_mask
+from aide_ray.data.mask_noise import MASK_PROTOCOLS, PER_CASE_PROTOCOLS, NoiseOptions, corrupt_mask
 from aide_ray.data.scribbles import ScribbleOptions, scribble_volume
 from aide_ray.exceptions import InputError
 
@@ -82,8 +84,8 @@ def corrupt_volume(mask: np.ndarray, rng: np.random.Generator, *, scale: float =
     if mask.ndim not in (2, 3):
         raise ValueError(f"mask must be (H, W) or (S, H, W), got shape {mask.shape}")
     slices = mask[None] if mask.ndim == 2 else mask
-    # An annotator who leaves out a structure does so for the whole case.
-    if protocol == "missed-structure" and not rng.random() < options.affected_fraction:
+    # An annotator who leaves out a structure (or the careless one of two) labels the whole case.
+    if protocol in PER_CASE_PROTOCOLS and not rng.random() < options.affected_fraction:
         return (np.asarray(mask) > 0).astype(np.uint8)
     fn = MASK_PROTOCOLS[protocol]
     out = np.stack([fn(np.asarray(s) > 0, rng, scale, options) for s in slices]).astype(np.uint8)

@@ -60,6 +60,18 @@ def test_missed_structure_hits_the_affected_share_of_cases():
                                                  options=none), mask)
 
 
+def test_mixed_over_seg_dilates_the_careless_share_and_leaves_the_rest_clean():
+    mask = _two_lungs()
+    opts = NoiseOptions(magnitude=8.0, affected_fraction=0.4)  # 2 px at 64 / 256
+    outs = [corrupt_volume(mask, np.random.default_rng(s), scale=0.25, protocol="mixed-over-seg", options=opts)
+            for s in range(400)]
+    grown = [out.sum() > mask.sum() for out in outs]
+    assert 0.33 < np.mean(grown) < 0.47
+    over = MASK_PROTOCOLS["over-seg"](mask > 0, np.random.default_rng(0), 0.25, opts)
+    for out, was_grown in zip(outs, grown):
+        np.testing.assert_array_equal(out, over if was_grown else mask)  # the careless label or the clean one
+
+
 def test_strong_pymic_changes_labels_more_than_pymic():
     mask = _two_lungs(128)
     change = {}
