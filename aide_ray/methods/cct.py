@@ -120,7 +120,8 @@ class CctNet(nn.Module):
         self.drop_rate = drop_rate
         self.noise_range = noise_range
         main = unet.decoder
-        self.aux_decoders = nn.ModuleList(UNetDecoder(main.skip_channels, main.widths, main.num_classes)
+        self.aux_decoders = nn.ModuleList(UNetDecoder(main.skip_channels, main.widths, main.num_classes,
+                                                      light_decoder=main.light_decoder)
                                           for _ in self.perturbations)
 
     def forward(self, x: Tensor, aux_rows: Tensor | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:

@@ -57,7 +57,8 @@ class DualDecoderNet(nn.Module):
         main = unet.decoder
         # A list of one, named as CctNet's: model.init_from (runs/net_weights.py) then loads a plain
         # U-Net checkpoint into ``unet`` and leaves the auxiliary decoder at its initialisation.
-        self.aux_decoders = nn.ModuleList([UNetDecoder(main.skip_channels, main.widths, main.num_classes)])
+        self.aux_decoders = nn.ModuleList([UNetDecoder(main.skip_channels, main.widths, main.num_classes,
+                                                       light_decoder=main.light_decoder)])
         self.aux_dropout = aux_dropout
 
     def forward(self, x: Tensor, both: bool = False) -> Tensor | tuple[Tensor, Tensor]:

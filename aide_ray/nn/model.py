@@ -22,8 +22,9 @@ def build_model(cfg: ModelConfig, in_channels: int) -> nn.Module:
 
     ``model.name="unet"``: :class:`UNet2D` for one modality, else :class:`MultiModalUNet2D`
     (one encoder per modality); with ``cfg.deep_supervision`` the decoder has auxiliary
-    heads (``net(x, pyramid=True)``). ``model.name="monai.<Net>"``: that MONAI network in
-    2D with ``cfg.monai_args`` (MONAI is imported only then).
+    heads (``net(x, pyramid=True)``), with ``cfg.light_decoder`` PyMIC's lighter up-stages.
+    ``model.name="monai.<Net>"``: that MONAI network in 2D with ``cfg.monai_args`` (MONAI is
+    imported only then).
 
     Raises:
         ValueError: ``in_channels`` < 1.
@@ -34,6 +35,7 @@ def build_model(cfg: ModelConfig, in_channels: int) -> nn.Module:
     net = monai_net_name(cfg.name)
     if net is not None:
         return build_monai(net, cfg.monai_args, in_channels, cfg.num_classes)
+    options = {"deep_supervision": cfg.deep_supervision, "light_decoder": cfg.light_decoder}
     if in_channels == 1:
-        return UNet2D(1, cfg.num_classes, cfg.base_width, deep_supervision=cfg.deep_supervision)
-    return MultiModalUNet2D(in_channels, cfg.num_classes, cfg.base_width, deep_supervision=cfg.deep_supervision)
+        return UNet2D(1, cfg.num_classes, cfg.base_width, **options)
+    return MultiModalUNet2D(in_channels, cfg.num_classes, cfg.base_width, **options)

@@ -38,6 +38,12 @@ class ModelConfig(Section):
     # this says). net(x), inference and every other method see the main logits only; a
     # method that never reads the heads leaves them untrained, and DDP rejects such parameters.
     deep_supervision: bool = False
+    # PyMIC's U-Net decoder (its UpBlock): each up-stage halves the channels with a 1x1 conv at the
+    # coarse resolution before the bilinear x2 upsampling, instead of our 3x3 conv after it. About
+    # 0.71x the FLOPs per training step for the same widths, so that a run can match the peer
+    # toolkit's network cost (benchmarks/unet_flops.py, docs/performance.md); false keeps the
+    # reference AIDE network and its checkpoints' keys. Built-in U-Net only.
+    light_decoder: bool = False
     # The MONAI network's own arguments, e.g. {channels: [16, 32, 64], strides: [2, 2]} for
     # monai.UNet, checked against its signature; spatial_dims (2), in_channels (the modalities) and
     # out_channels (num_classes) are aide_ray's. A mapping given on the command line updates the
@@ -61,6 +67,9 @@ class ModelConfig(Section):
         if self.deep_supervision:
             fail(self._key("deep_supervision"), f"false for model.name={self.name!r} (the heads are the built-in "
                  "U-Net's)", self.deep_supervision)
+        if self.light_decoder:
+            fail(self._key("light_decoder"), f"false for model.name={self.name!r} (the light decoder is the "
+                 "built-in U-Net's)", self.light_decoder)
         check_monai_args(net, self.monai_args)
 
 
