@@ -1,6 +1,7 @@
-"""Every method of issues 14 and 15 trains through the Ray backend: one epoch each, 2 workers, ONE fit.
+"""Every method of issues 14 and 15, and the earlier baselines, train through the Ray backend: one epoch
+each, 2 workers, ONE fit.
 
-Each ``TorchTrainer.fit()`` costs ~20 s of fixed overhead, so the 16 configs do not get a fit each: one
+Each ``TorchTrainer.fit()`` costs ~20 s of fixed overhead, so the 22 configs do not get a fit each: one
 worker group trains them in turn, each through the production path, ``train_loop`` -> ``run_epoch`` on a
 :class:`RayBackend` (DDP over gloo, ``ray.train.report`` with the checkpoint rank 0 writes), fed by the
 production Ray Data pipeline of its data kind (``build_datasets`` on tiny noisy-label, semi-supervised or
@@ -8,7 +9,9 @@ scribble shards ingested from SimpleITK volumes, split by ``ExactSplits``) and t
 The test-only backend differs from the production one in two things: each config reads its kind's datasets
 (``RayBackend(dataset_prefix=...)``), and each starts fresh (Ray's latest checkpoint is the previous
 config's, not one to restore); it also counts what the train pass handed over. The local backend trains
-the same methods in tests/methods/test_baselines.py and test_scribble_methods.py.
+the same methods in tests/methods/test_baselines.py and test_scribble_methods.py. The one full
+``run_training`` of a method other than AIDE (the run folder, its best checkpoint, shards with unlabelled
+rows) is test_train_ray.py's ``test_a_semi_supervised_baseline_trains_through_ray``.
 """
 
 from __future__ import annotations
@@ -45,24 +48,31 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TINY = Preprocessing(target_spacing=None, size=32, normalize="zscore")
 WORKERS = 2
 
-# (data kind, method, overrides): the distinctive part of each method runs in epoch 0 (no ramps, no warm-up).
-RUNS: list[tuple[str, str, list[str]]] = [
-    ("noisy", "mae", []),
-    ("noisy", "clslsr", ["clslsr.warmup_epochs=0"]),
-    ("noisy", "trinet", ["trinet.ramp_epochs=0"]),
-    ("noisy", "dast", ["dast.ramp_epochs=0", "dast.queue_length=2"]),
-    ("noisy", "coteaching", ["coteaching.pixel_level=true", "coteaching.ramp_epochs=0"]),
-    ("semi", "entmin", ["entmin.ramp_epochs=0"]),
-    ("semi", "uamt", ["uamt.ramp_epochs=0", "uamt.num_passes=2"]),
-    ("semi", "urpc", ["urpc.ramp_epochs=0"]),
-    ("semi", "cct", ["cct.ramp_epochs=0"]),
-    ("scribble", "pce", []),
-    ("scribble", "scribble_entmin", ["scribble_entmin.ramp_epochs=0"]),
-    ("scribble", "tv", ["tv.ramp_epochs=0"]),
-    ("scribble", "mumford_shah", ["mumford_shah.ramp_epochs=0"]),
-    ("scribble", "gated_crf", ["gated_crf.ramp_epochs=0"]),
-    ("scribble", "ustm", ["ustm.ramp_epochs=0", "ustm.num_passes=2"]),
-    ("scribble", "dmpls", []),
+# (run name, data kind, method, overrides): the distinctive part of each method runs in epoch 0 (no ramps,
+# no warm-up). The run name tells a method's configs apart (co-teaching's two granularities).
+RUNS: list[tuple[str, str, str, list[str]]] = [
+    ("supervised", "noisy", "supervised", []),
+    ("gce", "noisy", "gce", []),
+    ("nrdice", "noisy", "nrdice", []),
+    ("mae", "noisy", "mae", []),
+    ("clslsr", "noisy", "clslsr", ["clslsr.warmup_epochs=0"]),
+    ("trinet", "noisy", "trinet", ["trinet.ramp_epochs=0"]),
+    ("dast", "noisy", "dast", ["dast.ramp_epochs=0", "dast.queue_length=2"]),
+    ("coteaching", "noisy", "coteaching", ["coteaching.ramp_epochs=0"]),  # image level (the default)
+    ("coteaching_pixel", "noisy", "coteaching", ["coteaching.pixel_level=true", "coteaching.ramp_epochs=0"]),
+    ("meanteacher", "semi", "meanteacher", ["meanteacher.ramp_epochs=0"]),
+    ("cps", "semi", "cps", ["cps.ramp_epochs=0"]),
+    ("entmin", "semi", "entmin", ["entmin.ramp_epochs=0"]),
+    ("uamt", "semi", "uamt", ["uamt.ramp_epochs=0", "uamt.num_passes=2"]),
+    ("urpc", "semi", "urpc", ["urpc.ramp_epochs=0"]),
+    ("cct", "semi", "cct", ["cct.ramp_epochs=0"]),
+    ("pce", "scribble", "pce", []),
+    ("scribble_entmin", "scribble", "scribble_entmin", ["scribble_entmin.ramp_epochs=0"]),
+    ("tv", "scribble", "tv", ["tv.ramp_epochs=0"]),
+    ("mumford_shah", "scribble", "mumford_shah", ["mumford_shah.ramp_epochs=0"]),
+    ("gated_crf", "scribble", "gated_crf", ["gated_crf.ramp_epochs=0"]),
+    ("ustm", "scribble", "ustm", ["ustm.ramp_epochs=0", "ustm.num_passes=2"]),
+    ("dmpls", "scribble", "dmpls", []),
 ]
 
 
@@ -98,7 +108,7 @@ class _OneMethodOfMany(RayBackend):
 
 def _every_method_per_worker(loop_config: dict[str, Any]) -> None:
     """Each Ray Train worker: ``train_loop`` for every config of ``loop_config["runs"]`` in turn, as
-    ``train_loop_per_worker`` does for one; then what it saw into ``<probe_dir>/<method>.rank<r>.json``."""
+    ``train_loop_per_worker`` does for one; then what it saw into ``<probe_dir>/<run name>.rank<r>.json``."""
     torch.set_num_threads(int(loop_config["torch_threads"]))
     quiet_loggers(False)
     for kind, config in loop_config["runs"]:
@@ -108,7 +118,7 @@ def _every_method_per_worker(loop_config: dict[str, Any]) -> None:
                                    cfg, kind)
         history = train_loop(cfg, data["dataset_info"], backend, verbose=False)
         probe = {"rank": backend.rank, "world_size": backend.world_size, "epochs": len(history), **backend.seen}
-        Path(loop_config["probe_dir"], f"{cfg.method}.rank{backend.rank}.json").write_text(json.dumps(probe))
+        Path(loop_config["probe_dir"], f"{cfg.run.name}.rank{backend.rank}.json").write_text(json.dumps(probe))
 
 
 def _fit_every_method(configs: dict[str, Any], setups: dict[str, Any], storage: Path, probe_dir: Path) -> None:
@@ -166,7 +176,7 @@ def _changed_nets(method_name: str, cfg: Any, in_channels: int, state: dict[str,
             for name, net in fresh.items()}
 
 
-def _check_method_terms(method: str, row: pd.Series) -> None:
+def _check_method_terms(method: str, cfg: Any, row: pd.Series) -> None:
     """What shows that the method's own part ran, from its metrics row (averaged over both workers' steps)."""
     if method in ("coteaching", "trinet"):
         assert row["forget_rate"] == pytest.approx(0.2)
@@ -174,11 +184,24 @@ def _check_method_terms(method: str, row: pd.Series) -> None:
         # Each net trained on its small-loss share (trinet: where its peers also agree), never on all.
         assert all(row[f"selected_{name}"] < 1.0 for name in nets) and row.filter(like="selected_").sum() > 0, \
             row.filter(like="selected_")
+    if method == "coteaching":
+        # Train batches are full (drop_last, batch_size=4) and every noisy row is labelled: each step keeps
+        # floor(0.8 n + 0.5) of its n = 4 rows (image level: 3 of 4) or of its 4 x H x W pixels (pixel level).
+        # Only net2's share: the metrics row's selected_net1 is label slot 0's correction count (0 here),
+        # which replaces the step average of the same name.
+        share = 0.8 if cfg.options_of("coteaching").pixel_level else 0.75
+        assert row["selected_net2"] == pytest.approx(share, abs=1e-3), (share, row.filter(like="selected_"))
+    elif method == "meanteacher":
+        assert row["cons_weight"] == pytest.approx(cfg.options_of("meanteacher").consistency_weight)  # no ramp
+    elif method == "cps":
+        assert row["pseudo_weight"] == pytest.approx(cfg.options_of("cps").consistency_weight)  # no ramp
+        for name in ("net1", "net2"):  # each net learnt from its twin's pseudo-labels
+            assert math.isfinite(row[f"loss_pseudo_{name}"]) and row[f"loss_pseudo_{name}"] > 0, name
     elif method == "clslsr":
         assert row["phase"] == 0 and 0.0 <= row["flagged_pixels"] <= 1.0
     elif method == "dast":
         assert row["ramp"] == 1.0 and row["severe_share"] > 0  # the score queue filled and ranked rows
-    if method_class(method).uses_unlabelled:
+    if method_class(method).uses_unlabelled and method != "cps":  # cps records no row counts: the probes show them
         assert row["unlabelled_rows"] > 0
         assert math.isfinite(row["loss_entropy" if method == "entmin" else "loss_cons"])
     if method in ("uamt", "ustm"):
@@ -192,45 +215,53 @@ def test_every_method_trains_one_epoch_on_two_ray_workers(ray_cluster, tiny_shar
                                                           tiny_scribble_shards, tmp_path):
     shards = {"noisy": tiny_shards, "semi": tiny_semi_shards, "scribble": tiny_scribble_shards}
     configs, setups = {}, {}
-    for kind, method, overrides in RUNS:
+    for name, kind, method, overrides in RUNS:
         cfg = load_config(None, [
             f"method={method}", f"data.shards={shards[kind]}", f"run.storage_path={tmp_path / 'runs'}",
-            f"run.name={method}", f"workers={WORKERS}", "cpus_per_worker=1", "batch_size=4", "model.base_width=4",
+            f"run.name={name}", f"workers={WORKERS}", "cpus_per_worker=1", "batch_size=4", "model.base_width=4",
             "optim.lr=0.01", "epochs=1", *overrides])
         setup = prepare_run(cfg)  # the production checks: shards verify, the method can train on this kind
-        configs[method] = (kind, setup.cfg)
+        configs[name] = (kind, setup.cfg)
         setups.setdefault(kind, setup)
-    assert len(configs) == 16
+    assert len(configs) == len(RUNS) == 22
     probe_dir = tmp_path / "probes"
     probe_dir.mkdir()
     _fit_every_method(configs, setups, tmp_path, probe_dir)
 
     folders = checkpoint_dirs(tmp_path / "every-method")
-    checkpoints = {(state := load_state(folder))["method"]: (Path(folder), state) for folder in folders}  # verified
-    assert len(folders) == len(configs) and set(checkpoints) == set(configs), "one checkpoint per method"
-    for method, (kind, cfg) in configs.items():
-        probes = [json.loads((probe_dir / f"{method}.rank{rank}.json").read_text()) for rank in range(WORKERS)]
+    checkpoints = {(state := load_state(folder))["config"]["run"]["name"]: (Path(folder), state)  # verified
+                   for folder in folders}
+    assert len(folders) == len(configs) and set(checkpoints) == set(configs), "one checkpoint per config"
+    for name, (kind, cfg) in configs.items():
+        method = cfg.method
+        probes = [json.loads((probe_dir / f"{name}.rank{rank}.json").read_text()) for rank in range(WORKERS)]
         for probe in probes:  # train_loop returned on both workers, after a train pass with steps on each
-            assert probe["world_size"] == WORKERS and probe["epochs"] == 1 and probe["steps"] > 0, (method, probe)
+            assert probe["world_size"] == WORKERS and probe["epochs"] == 1 and probe["steps"] > 0, (name, probe)
         if kind == "semi":
-            assert sum(p["unlabelled_rows"] for p in probes) > 0, method
+            assert sum(p["unlabelled_rows"] for p in probes) > 0, name
         if kind == "scribble":  # the unannotated pixels (255) reached the batches on both workers
-            assert all(p["unannotated_pixels"] > 0 for p in probes), (method, probes)
+            assert all(p["unannotated_pixels"] > 0 for p in probes), (name, probes)
         else:
-            assert all(p["unannotated_pixels"] == 0 for p in probes), (method, probes)
+            assert all(p["unannotated_pixels"] == 0 for p in probes), (name, probes)
 
-        folder, state = checkpoints[method]
+        folder, state = checkpoints[name]
+        assert state["method"] == method, (name, state["method"])
         history = pd.read_csv(folder / HISTORY_FILE)
-        assert len(history) == 1 and (folder / METRICS_FILE).is_file(), method
+        assert len(history) == 1 and (folder / METRICS_FILE).is_file(), name
         row = history.iloc[0]
-        assert row["epoch"] == 0 and row["workers"] == WORKERS, (method, row["workers"])
-        assert row["label_version_at_start"] == 0 and row["label_digest_mismatch"] == 0, method
+        assert row["epoch"] == 0 and row["workers"] == WORKERS, (name, row["workers"])
+        assert row["label_version_at_start"] == 0 and row["label_digest_mismatch"] == 0, name
         losses = row[[c for c in history.columns if c.startswith("loss")]]
-        assert np.isfinite(losses.to_numpy(float)).all() and row["loss"] > 0, (method, losses.to_dict())
-        assert 0.0 <= row["train_dice"] <= 1.0 and 0.0 <= row["val_dice"] <= 1.0, method
-        assert row["slices_per_s"] > 0, method
-        _check_method_terms(method, row)
+        assert np.isfinite(losses.to_numpy(float)).all() and row["loss"] > 0, (name, losses.to_dict())
+        assert 0.0 <= row["train_dice"] <= 1.0 and 0.0 <= row["val_dice"] <= 1.0, name
+        assert row["slices_per_s"] > 0, name
+        _check_method_terms(method, cfg, row)
         # Every net moved: the trained ones by their optimiser (trinet's third net, dast's noisy branch,
-        # co-teaching's twin), the mean teachers of uamt and ustm by the EMA of their student.
+        # the twins of co-teaching and cps), the teachers of meanteacher, uamt and ustm by the EMA of their
+        # student, which they average rather than copy.
         changed = _changed_nets(method, cfg, int(state["in_channels"]), state)
-        assert all(changed.values()), (method, changed)
+        assert all(changed.values()), (name, changed)
+        if "teacher" in state["nets"]:
+            teacher, student = state["nets"]["teacher"], state["nets"]["student"]
+            assert teacher.keys() == student.keys(), name
+            assert any(not torch.equal(teacher[key], student[key]) for key in teacher), name
