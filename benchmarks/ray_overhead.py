@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--threads", type=int, default=1, help="torch threads = cpus_per_worker of each side")
     parser.add_argument("--method", default="aide", help="training method (default aide)")
     parser.add_argument("--no-augment", action="store_true", help="no random flips (data.flip_augment=false)")
+    parser.add_argument("--light-decoder", action="store_true",
+                        help="the U-Net with PyMIC's light up-stages (model.light_decoder=true)")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error(f"--epochs must be >= 2 (the first epoch is start-up), got {args.epochs}")
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> float:
             f"batch_size={args.batch_size}", f"model.base_width={args.base_width}", f"data.shards={shards}",
             "data.val_split=''", f"run.storage_path={tmp / 'runs'}", "run.name=ray_overhead",
             *(["data.flip_augment=false"] if args.no_augment else []),
+            *(["model.light_decoder=true"] if args.light_decoder else []),
         ])
         timed = slice(1, None)
         init_ray()  # workers get OMP_NUM_THREADS=1 (aide_ray.distributed.runtime.WORKER_ENV); torch threads are set

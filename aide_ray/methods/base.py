@@ -63,7 +63,7 @@ class StepOutput:
         loss: scalar tensor, the sum of every trained net's loss; the engine
             calls ``loss.backward()`` once and steps every optimiser.
         metrics: plain floats for logging (averaged over steps by the engine),
-            e.g. ``loss_net1``, ``selected_net1``.
+            e.g. ``loss_net1``, ``kept_net1``.
     """
 
     loss: Tensor

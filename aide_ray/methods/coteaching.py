@@ -134,7 +134,9 @@ class CoTeaching(Method):
             "loss_all_net1": float(_masked_mean(loss1.detach(), candidates)),
             "loss_all_net2": float(_masked_mean(loss2.detach(), candidates)),
             "forget_rate": rate,
-            "selected_net1": float(kept_by_2.sum() / n),
-            "selected_net2": float(kept_by_1.sum() / n),
+            # kept_<net>, not selected_<net>: that name is the label-correction column of the
+            # epoch's metrics row (docs/label_store.md), which would overwrite this step average.
+            "kept_net1": float(kept_by_2.sum() / n),
+            "kept_net2": float(kept_by_1.sum() / n),
         }
         return StepOutput(selected1 + selected2, metrics)

@@ -148,5 +148,5 @@ class TriNet(Method):
         metrics: dict[str, float] = {"forget_rate": rate}
         for name, loss, mask in zip(NET_NAMES, per_net, masks):
             metrics[f"loss_{name}"] = float(loss.detach())
-            metrics[f"selected_{name}"] = float(mask.sum() / n)
+            metrics[f"kept_{name}"] = float(mask.sum() / n)  # not selected_<net>: a correction column
         return StepOutput(per_net[0] + per_net[1] + per_net[2], metrics)

@@ -182,15 +182,14 @@ def _check_method_terms(method: str, cfg: Any, row: pd.Series) -> None:
         assert row["forget_rate"] == pytest.approx(0.2)
         nets = method_class(method).net_names
         # Each net trained on its small-loss share (trinet: where its peers also agree), never on all.
-        assert all(row[f"selected_{name}"] < 1.0 for name in nets) and row.filter(like="selected_").sum() > 0, \
-            row.filter(like="selected_")
+        assert all(row[f"kept_{name}"] < 1.0 for name in nets) and row.filter(like="kept_").sum() > 0, \
+            row.filter(like="kept_")
     if method == "coteaching":
         # Train batches are full (drop_last, batch_size=4) and every noisy row is labelled: each step keeps
         # floor(0.8 n + 0.5) of its n = 4 rows (image level: 3 of 4) or of its 4 x H x W pixels (pixel level).
-        # Only net2's share: the metrics row's selected_net1 is label slot 0's correction count (0 here),
-        # which replaces the step average of the same name.
         share = 0.8 if cfg.options_of("coteaching").pixel_level else 0.75
-        assert row["selected_net2"] == pytest.approx(share, abs=1e-3), (share, row.filter(like="selected_"))
+        assert row["kept_net1"] == pytest.approx(share, abs=1e-3) and row["kept_net2"] == pytest.approx(share, abs=1e-3), \
+            (share, row.filter(like="kept_"))
     elif method == "meanteacher":
         assert row["cons_weight"] == pytest.approx(cfg.options_of("meanteacher").consistency_weight)  # no ramp
     elif method == "cps":

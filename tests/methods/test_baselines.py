@@ -157,7 +157,7 @@ def test_coteaching_trains_each_net_on_twin_small_loss_samples():
     own_choice = l1[3:].mean() + l2[:3].mean()
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert abs(expected - own_choice) > 1.0
-    assert out.metrics["selected_net1"] == 0.5 and out.metrics["forget_rate"] == 0.5
+    assert out.metrics["kept_net1"] == 0.5 and out.metrics["forget_rate"] == 0.5
     out.loss.backward()
     # d/dscale of each net's mean over its twin's rows, computed on those rows only.
     for name, rows in (("net1", slice(0, 3)), ("net2", slice(3, 6))):
@@ -215,7 +215,7 @@ def test_coteaching_real_unets_keep_the_ramped_share():
     method = CoTeaching.from_config(_cfg("coteaching", "coteaching.forget_rate=0.5", "coteaching.ramp_epochs=4"), 1)
     nets = method.build_nets()
     out = method.train_step(nets, _batch(4), epoch=2)  # forget 0.25 -> keep 3 of 4
-    assert out.metrics["selected_net1"] == 0.75 and out.metrics["selected_net2"] == 0.75
+    assert out.metrics["kept_net1"] == 0.75 and out.metrics["kept_net2"] == 0.75
     assert torch.isfinite(out.loss)
 
 

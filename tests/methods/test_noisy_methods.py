@@ -243,7 +243,7 @@ def test_trinet_pixel_level_trains_each_net_where_its_peers_agree():
     ce = {k: F.cross_entropy(v.logits, target, reduction="none") for k, v in nets.items()}
     expected = sum(ce[f"net{i + 1}"][region].mean() for i, region in enumerate(regions))
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    assert out.metrics["selected_net1"] == 3 / 8 and out.metrics["selected_net3"] == 2 / 8
+    assert out.metrics["kept_net1"] == 3 / 8 and out.metrics["kept_net3"] == 2 / 8
     assert out.metrics["forget_rate"] == 0.0
     out.loss.backward()
     ref = FixedLogits(nets["net1"].logits)
@@ -252,7 +252,7 @@ def test_trinet_pixel_level_trains_each_net_where_its_peers_agree():
     # At the full forget rate each peer also drops its large-loss half: the peers' own mistakes
     # (large CE) go first, and fewer of the agreed pixels remain.
     later = method.train_step(nets, _batch(target), epoch=2)
-    assert later.metrics["forget_rate"] == 0.5 and 0 < later.metrics["selected_net1"] < 3 / 8
+    assert later.metrics["forget_rate"] == 0.5 and 0 < later.metrics["kept_net1"] < 3 / 8
 
 
 def test_trinet_sample_level_selects_rows_and_counts_the_peers_agreed_pixels():
@@ -272,12 +272,12 @@ def test_trinet_sample_level_selects_rows_and_counts_the_peers_agreed_pixels():
     expected = seg["net1"].mean() + full2.mean() + seg["net3"].mean()
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert seg["net1"][2] != pytest.approx(segmentation_loss_per_sample(nets["net1"].logits, target)[2].item())
-    assert out.metrics["selected_net1"] == 1.0
+    assert out.metrics["kept_net1"] == 1.0
     # Forgetting half: net2 drops rows 2, 3 (its large losses), so no net trains on them.
     method = TriNet.from_config(_cfg("trinet", "trinet.level=sample", "trinet.ramp_epochs=0",
                                      "trinet.forget_rate=0.5"), 1)
     half = method.train_step(nets, _batch(target), epoch=0)
-    assert [half.metrics[f"selected_net{i}"] for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
+    assert [half.metrics[f"kept_net{i}"] for i in (1, 2, 3)] == [0.5, 0.5, 0.5]
     expected = sum(segmentation_loss_per_sample(nets[k].logits[:2], target[:2]).mean() for k in nets)
     assert half.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
