@@ -6,8 +6,10 @@ defaults: more logical CPUs than the training workers take (on a 2-core
 machine, workers holding every CPU starve Ray Data's tasks and the run hangs),
 one torch/OpenMP thread per worker process, the dashboard bound to 127.0.0.1
 and token authentication set explicitly (``disabled`` for a loopback-only
-embedded Ray; see docs/security.md). With ``RAY_ADDRESS`` set (``ray job
-submit`` sets it) the running cluster is joined as it is.
+embedded Ray; see docs/security.md), and settings that shorten a fit's start on
+a small machine (:data:`EMBEDDED_TRAIN_ENV`, :data:`EMBEDDED_SYSTEM_CONFIG`).
+With ``RAY_ADDRESS`` set (``ray job submit`` sets it) the running cluster is
+joined as it is.
 
 An embedded Ray is this process's: however the driver ends, none of its
 processes may stay behind (a killed driver once left Ray's DashboardAgent and
@@ -38,7 +40,8 @@ from pathlib import Path
 
 from aide_ray.distributed.console import QUIET_WORKER_ENV
 
-__all__ = ["init_ray", "embedded_cpus", "started_embedded", "start_watcher", "WORKER_ENV", "WATCH_INTERVAL_S"]
+__all__ = ["init_ray", "embedded_cpus", "started_embedded", "start_watcher", "WORKER_ENV", "EMBEDDED_TRAIN_ENV",
+           "EMBEDDED_SYSTEM_CONFIG", "WATCH_INTERVAL_S"]
 
 # Environment of every Ray worker process of an embedded Ray.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
@@ -48,6 +51,29 @@ WORKER_ENV = {"OMP_NUM_THREADS": "1", "RAY_TRAIN_V2_ENABLED": "1"}
 # another job started from the same shell). An embedded Ray's workers are the user's job: the driver's
 # priority, 0, unless RAY_worker_niceness is set (docs/performance.md, "Start-up").
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
+# Start-up cuts for an embedded Ray only (docs/performance.md, "Cuts made after the worker-group timeline"), from
+# the timeline of a 1-worker fit on a loaded 2-core machine (worker-group start, loop set-up and first checkpoint:
+# ~29 s). Set in this process's environment before ray.init, with setdefault (a value the user set wins): Ray Train
+# v2 copies both into the TrainController's runtime env at fit() (ENV_VARS_TO_PROPAGATE in
+# ray/train/v2/_internal/constants.py), and the raylet, hence every worker process, inherits this environment.
+EMBEDDED_TRAIN_ENV = {
+    # Read by TrainController.__init__ (ray/train/v2/_internal/execution/controller/controller.py): "0" leaves out
+    # its PreemptionCallback, whose PreemptionWatcher actor (one more process, spawned while the Train worker sets
+    # up, ~1 s of contention) only polls Ray Core for node drains; a single embedded node is never drained.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # The controller's poll period (default 2.0 s, also each poll's wait before a poll counts as pending; a
+    # pending poll is awaited again, it is no error). It does not touch start-up, but a fit's end takes two polls:
+    # 2.4-2.6 s after the last report; at 0.5 s about 1.5 s less, for a few more tiny poll RPCs.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+# How many worker processes the raylet starts at once. Ray's default is min(cores, logical CPUs)
+# (ray/_private/services.py, start_raylet), 2 here: the SynchronizationActor and the PlacementGroupCleaner take
+# both slots and the Train worker waited 1.6 s for one, the third split coordinator 2.8 s. A RayConfig key in
+# Ray 2.60 (RAY_CONFIG in ray_config_def.h; named in the installed _raylet.so, raylet and gcs_server); when > 0
+# it replaces the raylet's --maximum_startup_concurrency. The CPUs are still shared: ~1-2 s expected. Passed as
+# _system_config, which Ray only accepts when it starts the node, and which would win over a RAY_<key> the user
+# set, so a key whose RAY_<key> is set is left out (see _system_config below).
+EMBEDDED_SYSTEM_CONFIG = {"worker_maximum_startup_concurrency": 8}
 WATCH_INTERVAL_S = 1.0  # how often the watcher records new descendants (agents start within seconds)
 _GRACE_S = 3.0  # after the driver is gone: time Ray's own shutdown gets, then again after SIGTERM
 
@@ -102,6 +128,8 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
         ray.init()
         return True
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # embedded: nothing listens beyond 127.0.0.1
+    for name, value in EMBEDDED_TRAIN_ENV.items():
+        os.environ.setdefault(name, value)
     kwargs = {}
     if temp_dir is not None:
         kwargs["_temp_dir"] = temp_dir
@@ -109,9 +137,14 @@ def init_ray(*, worker_cpus: float = 0.0, num_cpus: int | None = None, dashboard
         kwargs["dashboard_host"] = "127.0.0.1"
     ray.init(num_cpus=num_cpus or embedded_cpus(worker_cpus), include_dashboard=dashboard,
              runtime_env={"env_vars": env}, log_to_driver=log_to_driver,
-             _node_ip_address="127.0.0.1", **kwargs)
+             _node_ip_address="127.0.0.1", _system_config=_system_config(), **kwargs)
     _end_with_this_process(_node_pids(ray))
     return True
+
+
+def _system_config() -> dict[str, object]:
+    """:data:`EMBEDDED_SYSTEM_CONFIG` less the keys the user set as ``RAY_<key>`` (those are the raylet's already)."""
+    return {key: value for key, value in EMBEDDED_SYSTEM_CONFIG.items() if not os.environ.get(f"RAY_{key}")}
 
 
 def _node_pids(ray_module) -> list[int]:

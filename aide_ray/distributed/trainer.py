@@ -20,7 +20,6 @@ from typing import Any, Sequence
 
 import ray.train
 from ray.data import DataContext
-from ray.train import DataConfig
 from ray.train.torch import TorchTrainer
 
 from aide_ray._internal import fs
@@ -31,57 +30,14 @@ from aide_ray.distributed.console import quiet_loggers
 from aide_ray.distributed.data_pipeline import build_datasets, use_cache
 from aide_ray.distributed.label_actor import create_label_store_actor
 from aide_ray.distributed.runtime import init_ray
+# Defined in a light module of its own: see aide_ray.distributed.splits for why (start-up time).
+from aide_ray.distributed.splits import ExactSplits, labelled_count
 from aide_ray.engine.report import TrainingOutcome, finish_run, summary_table
 from aide_ray.engine.run_setup import best_metric_name, has_validation, prepare_run
 from aide_ray.methods.registry import method_class
 from aide_ray.runs.folder import LABEL_STORE_LATEST
 
 __all__ = ["build_trainer", "run_training", "scaling_config", "ExactSplits", "labelled_count"]
-
-
-def labelled_count(kind_counts: dict[str, int]) -> int:
-    """Rows of a split that carry a label (every kind but ``none``): the rows of the score and val passes."""
-    return sum(int(n) for kind, n in kind_counts.items() if kind != "none")
-
-
-class ExactSplits(DataConfig):
-    """How Ray Train splits the datasets over the workers: every row of the score and val passes, once.
-
-    Ray's default splits every dataset with ``equal=True``, which drops the rows
-    left over when the world size does not divide a pass: a sample never scored
-    can never be corrected, and a validation case loses slices. The train pass
-    keeps ``equal=True`` (DDP needs the same number of steps on every worker). The
-    score and val passes run no collective per batch (their forward passes see
-    through DDP, and their results are gathered once at the end), so a pass whose
-    rows the world size does not divide is split with ``equal=False``: whole
-    blocks to the worker with the fewest rows, none dropped, possibly unevenly.
-    A pass it divides keeps the even ``equal=True`` split, which then drops
-    nothing. This matters most with elastic workers, whose world size changes.
-
-    Args:
-        rows: rows of each pass that must not lose rows (``score``, ``val``); a pass
-            not named here is split like the train pass.
-    """
-
-    def __init__(self, rows: dict[str, int]) -> None:
-        super().__init__()
-        self.rows = dict(rows)
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        even = {name: ds for name, ds in datasets.items()
-                if name not in self.rows or self.rows[name] % world_size == 0}
-        output = super().configure(even, world_size, worker_handles, worker_node_ids, **kwargs)
-        for name, ds in datasets.items():
-            if name in even:
-                continue
-            if ds.name is None:
-                ds.set_name(name)
-            ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            for rank, split in enumerate(ds.streaming_split(world_size, equal=False,
-                                                            locality_hints=worker_node_ids)):
-                output[rank][name] = split
-        return output
 
 
 def quiet_ray_data(verbose: bool = False) -> None:
