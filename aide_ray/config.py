@@ -350,10 +350,8 @@ DEMO_SETTINGS: dict[str, Any] = {
     "cpus_per_worker": 1.0,
     "model.base_width": 8,
     "optim.lr": 3e-3,
-    # The learning rate halves every 2 epochs of each stage: at a constant rate the demo's AIDE stage
-    # drifted down after the correction (validation Dice -0.007 to -0.025 by the last epoch, -0.05
-    # without corrections); halving it kept the last epoch within 0.003 of the correction epoch in 2
-    # of 2 runs (docs/algorithm.md, section 2b).
+    # Halved every 2 epochs of each stage: at a constant rate the demo's AIDE stage drifted down after
+    # its correction; halving kept the last epoch within 0.003 of it (docs/algorithm.md, section 2b).
     "optim.step_epochs": 2,
     "aide.supervised_epochs": 3,
     "aide.lr_factor": 0.25,
