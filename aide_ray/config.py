@@ -341,8 +341,9 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-# Small, CPU-friendly settings used when `train` is run with no config at all; AIDE runs the benchmark
-# setting's two-stage recipe (docs/algorithm.md, "The two-stage recipe"), shortened to the demo's 8 epochs.
+# Small, CPU-friendly settings used when `train` is run with no config at all: AIDE's two-stage recipe
+# (docs/algorithm.md, section 2b) in 8 epochs, the learning rate halved every 2 epochs of each stage
+# (at a constant rate its AIDE stage drifted down after the correction; see 2b).
 DEMO_SETTINGS: dict[str, Any] = {
     "epochs": 8,
     "batch_size": 4,
@@ -350,8 +351,6 @@ DEMO_SETTINGS: dict[str, Any] = {
     "cpus_per_worker": 1.0,
     "model.base_width": 8,
     "optim.lr": 3e-3,
-    # Halved every 2 epochs of each stage: at a constant rate the demo's AIDE stage drifted down after
-    # its correction; halving kept the last epoch within 0.003 of it (docs/algorithm.md, section 2b).
     "optim.step_epochs": 2,
     "aide.supervised_epochs": 3,
     "aide.lr_factor": 0.25,
