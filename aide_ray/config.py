@@ -341,9 +341,8 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-# Small, CPU-friendly settings used when `train` is run with no config at all: AIDE's two-stage recipe
-# (docs/algorithm.md, section 2b) in 8 epochs, the learning rate halved every 2 epochs of each stage
-# (at a constant rate its AIDE stage drifted down after the correction; see 2b).
+# Small, CPU-friendly settings used when `train` is run with no config at all: AIDE's two-stage recipe in 8
+# epochs, the learning rate halved every 2 epochs of each stage (docs/algorithm.md, section 2b, says why).
 DEMO_SETTINGS: dict[str, Any] = {
     "epochs": 8,
     "batch_size": 4,
