@@ -165,19 +165,21 @@ def _pymic_strong(mask, rng, scale, options):
     return _pymic(mask, rng, scaled_range(scale * options.strength, (lo, hi)))
 
 
+def _over_seg(mask, rng, scale, options):
+    return ndimage.binary_dilation(mask, iterations=_pixels(options.magnitude, scale))
+
+
 MASK_PROTOCOLS: dict[str, Callable[[np.ndarray, np.random.Generator, float, NoiseOptions], np.ndarray]] = {
     "pymic-jsrt": lambda mask, rng, scale, options: _pymic(mask, rng, scaled_range(scale)),
     "pymic-jsrt-strong": _pymic_strong,
-    "over-seg": lambda mask, rng, scale, options: ndimage.binary_dilation(
-        mask, iterations=_pixels(options.magnitude, scale)),
+    "over-seg": _over_seg,
     "under-seg": lambda mask, rng, scale, options: ndimage.binary_erosion(
         mask, iterations=_pixels(options.magnitude, scale)),
     "shifted": lambda mask, rng, scale, options: shift_mask(mask, _pixels(options.magnitude, scale), 0),
     # Which cases lose a structure, or come from the careless annotator, is decided per case by the
     # driver (affected_fraction, PER_CASE_PROTOCOLS).
     "missed-structure": lambda mask, rng, scale, options: remove_one_structure(mask, rng),
-    "mixed-over-seg": lambda mask, rng, scale, options: ndimage.binary_dilation(
-        mask, iterations=_pixels(options.magnitude, scale)),
+    "mixed-over-seg": _over_seg,  # the careless annotator's share only (PER_CASE_PROTOCOLS)
 }
 
 # Protocols that change only a share ``affected_fraction`` of the noisy cases, chosen case by case.
