@@ -49,6 +49,8 @@ class ExactSplits(DataConfig):
         self.rows = dict(rows)
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        if world_size == 1:
+            return [self._whole(datasets)]
         even = {name: ds for name, ds in datasets.items()
                 if name not in self.rows or self.rows[name] % world_size == 0}
         output = super().configure(even, world_size, worker_handles, worker_node_ids, **kwargs)
@@ -63,3 +65,17 @@ class ExactSplits(DataConfig):
                                                             locality_hints=worker_node_ids)):
                 output[rank][name] = split
         return output
+
+    def _whole(self, datasets):
+        """One worker reads each dataset whole, through ``ds.iterator()``: the execution runs in the worker
+        itself. ``streaming_split(1)`` gives the same rows but starts a SplitCoordinator actor per dataset
+        (three new processes, each ~2-3 s of spawn and imports, while the worker sets up and its first batch
+        waits on the train one: docs/performance.md, "Start-up")."""
+        iterators = {}
+        for name, ds in datasets.items():
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            iterators[name] = ds.iterator()
+        return iterators

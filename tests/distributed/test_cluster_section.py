@@ -92,3 +92,21 @@ def test_score_and_val_keep_every_row_when_the_world_size_does_not_divide_them(r
             assert [len(s) for s in shards] == [n // world_size] * world_size
         else:
             assert len(seen) == n, (name, [len(s) for s in shards])
+
+
+@pytest.mark.ray
+def test_one_worker_reads_every_dataset_whole_without_split_coordinators(ray_cluster, tiny_shards):
+    """With one worker there is nothing to split: each dataset is read whole through ``ds.iterator()``
+    (no SplitCoordinator actor per dataset, three processes fewer at a fit's start), every row once."""
+    info = load_dataset_info(tiny_shards)
+    kinds = info["counts"]["split_label_kind"]
+    datasets = build_datasets(str(tiny_shards), train_split="train", val_split="val", labelled_only=True,
+                              unlabelled_fraction=0.5, flip=False, max_retries=1, info=info, cache=True)
+    splits = ExactSplits({"score": labelled_count(kinds["train"]), "val": labelled_count(kinds["val"])})
+    (parts,) = splits.configure(datasets, 1, None, None)
+    assert set(parts) == set(datasets)
+    for name, iterator in parts.items():
+        assert type(iterator).__name__ != "StreamSplitDataIterator", name
+        (seen,) = _consume([iterator])
+        rows = kinds["val"] if name == "val" else kinds["train"]
+        assert len(seen) == len(np.unique(seen)) == labelled_count(rows), name
