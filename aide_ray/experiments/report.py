@@ -25,8 +25,8 @@ from aide_ray.eval.stats import format_p, format_pm
 from aide_ray.experiments.catalogue import Setting, get_setting, settings
 from aide_ray.experiments.layout import EXPERIMENT_FILE, run_name
 from aide_ray.experiments.results import (KEYS, TABLE_METRICS, arm_run_info, collect_cases, label_quality,
-                                          load_experiment, paired_tests, summary_table, unfinished_note,
-                                          wall_times)
+                                          load_experiment, paired_tests, summary_table, train_throughput,
+                                          unfinished_note, wall_times)
 from aide_ray.runs.folder import FIGURES_DIR
 
 __all__ = ["FIGURE_MAX_PIXELS", "setting_markdown", "write_results"]
@@ -50,6 +50,10 @@ def _fmt_seconds(seconds: float) -> str:
         return "–"
     minutes, sec = divmod(int(round(seconds)), 60)
     return f"{minutes} min {sec:02d} s" if minutes else f"{sec} s"
+
+
+def _fmt_rate(value: float) -> str:
+    return f"{value:.1f}" if np.isfinite(value) else "–"
 
 
 def _raters(values) -> list[str]:
@@ -92,7 +96,7 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
     # Main table: mean ± std over test cases (and annotators) and seeds.
     summary = summary_table(cases[cases["arm"].isin(done)], TABLE_METRICS)
     header = ["arm", "Dice", "ASSD (px)", "HD95 (px)", "test rows", "seeds", "epochs", "best val Dice (epoch)",
-              "train wall time"]
+              "train wall time", "train slices/s"]
     rows = []
     for rec in summary.to_dict("records"):
         run = arm_run_info(out_dir, rec["arm"], seeds)
@@ -102,10 +106,12 @@ def setting_markdown(out_dir: str | os.PathLike, *, figures: Sequence[tuple[str,
         rows.append([titles[rec["arm"]]] + [format_pm(rec[f"{m}_mean"], rec[f"{m}_std"], _DIGITS[m])
                                              + (note if m == "hd95" else "") for m in TABLE_METRICS]
                     + [str(rec["dice_n"]), str(rec["seeds"]), run["epochs"], run["best_val"],
-                       _fmt_seconds(float(np.mean(t))) if len(t) else "–"])
+                       _fmt_seconds(float(np.mean(t))) if len(t) else "–", _fmt_rate(train_throughput(
+                           out_dir, rec["arm"], seeds))])
     what = "test case × annotator pairs" if spec.per_annotator else "test cases"
     lines += [f"Mean ± std over {what} and seeds (distances in pixels of the 256 × 256 (Shenzhen) or "
-              f"128 × 128 (QUBIQ) reference masks):", "", _md_table(header, rows), ""]
+              f"128 × 128 (QUBIQ) reference masks; train wall time: mean over seeds; train slices/s: median "
+              f"over the epochs of every seed's run, from `metrics.csv`):", "", _md_table(header, rows), ""]
 
     if spec.per_annotator:
         per = summary_table(cases[cases["arm"].isin(done)], ("dice",), by=("arm", "annotator"))
@@ -213,9 +219,11 @@ def write_results(out_dirs: Sequence[str | os.PathLike], out_md: str | os.PathLi
     for out_dir in out_dirs:
         out_dir = Path(out_dir)
         if not (out_dir / EXPERIMENT_FILE).is_file():
-            # Name the setting when the folder's name says which one it was meant for.
-            titles = [spec.title for name, spec in settings().items() if name in out_dir.name]
-            title = titles[0] if len(titles) == 1 else out_dir.name
+            # Name the setting when the folder's name says which one it was meant for: the longest setting
+            # name in it, so that `exp_methods_noisy` is methods_noisy's, not noisy's.
+            names = sorted((name for name in settings() if name in out_dir.name), key=len, reverse=True)
+            one = names and (len(names) == 1 or len(names[0]) > len(names[1]))
+            title = settings()[names[0]].title if one else out_dir.name
             sections.append(f"## {title}\n\nNot run: `{out_dir}` holds no `{EXPERIMENT_FILE}`, so this setting "
                             f"has no results.\n")
             continue

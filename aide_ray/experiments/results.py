@@ -28,7 +28,7 @@ from aide_ray.experiments.layout import EXPERIMENT_FILE, PER_CASE_FILE, eval_dir
 from aide_ray.runs.folder import CHECKPOINT_PREFIX, CONFIG_FILE, HISTORY_FILE, SCORES_FILE
 
 __all__ = ["KEYS", "TABLE_METRICS", "Experiment", "load_experiment", "collect_cases", "summary_table",
-           "paired_tests", "wall_times", "label_quality", "unfinished_note", "arm_run_info"]
+           "paired_tests", "wall_times", "label_quality", "unfinished_note", "arm_run_info", "train_throughput"]
 
 KEYS = ("case_id", "annotator")  # what pairs two arms' rows; seeds are averaged first
 TABLE_METRICS = ("dice", "assd", "hd95")  # the paper's metrics
@@ -293,3 +293,24 @@ def arm_run_info(out_dir: str | os.PathLike, arm: str, seeds: Sequence[int]) -> 
                 best = "–"
             return {"epochs": str(len(history)), "best_val": best}
     return {"epochs": "–", "best_val": "–"}
+
+
+def train_throughput(out_dir: str | os.PathLike, arm: str, seeds: Sequence[int]) -> float:
+    """Training slices per second of an arm: the median of ``slices_per_s`` over the epochs of its seeds' runs.
+
+    The median leaves out the epochs in which a run was paused or shared the cores. Every row of a
+    training batch counts, unlabelled ones included (``metrics.csv``: the training pass only).
+
+    Returns:
+        NaN when no run of the arm has a ``metrics.csv`` with that column.
+    """
+    values = []
+    for seed in seeds:
+        metrics = train_dir(Path(out_dir), arm, seed) / HISTORY_FILE
+        if metrics.is_file():
+            history = pd.read_csv(metrics)
+            if "slices_per_s" in history.columns:
+                values.append(pd.to_numeric(history["slices_per_s"], errors="coerce").to_numpy(dtype=float))
+    values = np.concatenate(values) if values else np.zeros(0)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else math.nan

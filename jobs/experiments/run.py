@@ -7,6 +7,8 @@
     python jobs/experiments/run.py report runs/exp_noisy runs/exp_annotators runs/exp_limited --out docs/results.md
     python jobs/experiments/run.py report runs/exp_scribbles runs/exp_scribbles_qubiq --page scribbles \
         --out docs/results_scribbles.md   # after `run.py scribbles ...`, `run.py scribbles_qubiq ...`
+    python jobs/experiments/run.py report runs/exp_methods_noisy runs/exp_methods_semi --page methods \
+        --out docs/results_methods.md     # after `run.py methods_noisy ...`, `run.py methods_semi ...`
 
 Options of the three settings: ``--seeds 0 1 2`` (training seeds; the data split and the
 label noise keep seed 0), ``--arms a b`` (a subset), ``--full`` (the paper's GPU size),
@@ -31,7 +33,7 @@ from typing import Sequence
 
 EXP_DIR = Path(__file__).resolve().parent
 # Pages `report` writes: each has its text before and after the tables in EXP_DIR/<page>_{preamble,postscript}.md.
-PAGES = ("results", "benchmark", "scribbles")
+PAGES = ("results", "benchmark", "scribbles", "methods")
 REPO = EXP_DIR.parents[1]
 if str(REPO) not in sys.path:  # run from a fresh checkout without installing
     sys.path.insert(0, str(REPO))
@@ -82,8 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results.md", help="Markdown file (default: docs/results.md)")
     p.add_argument("--page", choices=PAGES, default="results",
                    help="the page's own text around the tables: results (docs/results.md, the paper's settings), "
-                        "benchmark (docs/results_benchmark.md, the noisy-label benchmark) or scribbles "
-                        "(docs/results_scribbles.md, the scribble methods against pCE)")
+                        "benchmark (docs/results_benchmark.md, the noisy-label benchmark), scribbles "
+                        "(docs/results_scribbles.md, the scribble methods against pCE) or methods "
+                        "(docs/results_methods.md, the noisy-label and semi-supervised methods of the field)")
     p.add_argument("--figures", nargs="*", default=[], metavar="EXP:ARM_sSEED",
                    help="runs whose `aide-ray figures` PNGs are copied next to --out and shown")
     return parser

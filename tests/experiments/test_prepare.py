@@ -69,7 +69,7 @@ def test_the_protocols_recipe_makes_one_training_set_per_protocol(tmp_path: Path
         shenzhen_protocols(ctx, protocols=["limited"], clean_fraction=0.1)
 
 
-@pytest.mark.parametrize("name", ["benchmark", "headroom", "noisy", "annotators", "limited", "scribbles",
+@pytest.mark.parametrize("name", ["benchmark", "headroom", "methods_noisy", "methods_semi", "noisy", "annotators", "limited", "scribbles",
                                   "scribbles_qubiq"])
 def test_the_shipped_settings_name_recipes_that_make_their_training_sets(name: str) -> None:
     recipe = recipe_of(get_setting(name))
