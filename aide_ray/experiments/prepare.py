@@ -8,7 +8,8 @@ catalogue file names its recipe and options; :func:`recipe_of` checks them and
 :func:`prepare_setting` runs it. Everything is made once under ``OUT/data`` and
 reused on a rerun. The split, the label noise and the random-rater draw always
 use :data:`NOISE_SEED` (data, not training), so every training seed sees the
-same data. This is the only module of the experiments that makes data.
+same data. This module and the domain-shift recipe's own
+(:mod:`aide_ray.experiments.domain_shift`) are the only ones of the experiments that make data.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aide_ray.eval.evaluate import find_prediction
 from aide_ray.eval.label_quality import noisy_label_dice
 from aide_ray.exceptions import ConfigError
 from aide_ray.experiments.catalogue import Inputs, Setting
+from aide_ray.experiments.domain_shift import DATA_KEYS as DOMAIN_SHIFT_KEYS, shenzhen_domain_shift
 from aide_ray.experiments.layout import data_dir, log_file, train_dir
 from aide_ray.experiments.recipe_types import LaterData, PrepareContext, Prepared, Recipe
 from aide_ray.experiments.stages import aide_ray_cmd, log, run_stage
@@ -297,6 +299,7 @@ RECIPES: dict[str, Recipe] = {
     "shenzhen_limited": Recipe(shenzhen_limited, ("hq10", "clean", "pseudo"), arm_options=("pseudo_labels_from",)),
     "shenzhen_scribbles": Recipe(shenzhen_scribbles, ("scribbles", "clean")),
     "qubiq_scribbles": Recipe(qubiq_scribbles, ("scribbles", "clean")),
+    "shenzhen_domain_shift": Recipe(shenzhen_domain_shift, DOMAIN_SHIFT_KEYS, arm_options=("pseudo_labels_from",)),
 }
 
 

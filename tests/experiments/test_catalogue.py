@@ -38,7 +38,7 @@ def _edit(change) -> dict:
 
 def test_shipped_settings_in_the_order_of_their_titles() -> None:
     assert list(settings()) == ["benchmark_mixed", "benchmark", "headroom", "methods_noisy", "methods_semi", "scribbles", "scribbles_qubiq", "noisy", "annotators",
-                              "limited"]
+                              "limited", "domain_shift"]
     noisy = get_setting("noisy")
     assert noisy.source == SETTINGS_DIR / "noisy.yaml"
     assert noisy.arm("aide_pretrained").init_from == "supervised_noisy"
@@ -109,7 +109,8 @@ def test_full_overrides_apply_the_common_file_then_the_setting() -> None:
 def test_unknown_arm_and_setting_names_suggest_the_closest() -> None:
     with pytest.raises(InputError, match=r"setting 'noisy' has no arm 'aide_lamda1' \(did you mean 'aide_lambda1'\?\)"):
         get_setting("noisy").arm("aide_lamda1")
-    with pytest.raises(InputError, match=r"setting must be one of \['annotators', 'benchmark', 'benchmark_mixed', 'headroom', 'limited', "
+    with pytest.raises(InputError, match=r"setting must be one of \['annotators', 'benchmark', 'benchmark_mixed', "
+                                         r"'domain_shift', 'headroom', 'limited', "
                                          r"'methods_noisy', 'methods_semi', 'noisy', 'scribbles', "
                                          r"'scribbles_qubiq'\], "
                                          r"got 'noisey' \(did you mean 'noisy'\?\)"):

@@ -70,7 +70,7 @@ def test_the_protocols_recipe_makes_one_training_set_per_protocol(tmp_path: Path
 
 
 @pytest.mark.parametrize("name", ["benchmark", "headroom", "methods_noisy", "methods_semi", "noisy", "annotators", "limited", "scribbles",
-                                  "scribbles_qubiq"])
+                                  "scribbles_qubiq", "domain_shift"])
 def test_the_shipped_settings_name_recipes_that_make_their_training_sets(name: str) -> None:
     recipe = recipe_of(get_setting(name))
     assert {arm.data for arm in settings()[name].arms} <= set(recipe.data_keys)
@@ -85,7 +85,8 @@ def _setting(tmp_path: Path, prepare: dict, data: str = "hq10"):
 
 @pytest.mark.parametrize("prepare, data, message", [
     ({"recipe": "shenzen_limited"}, "hq10",
-     r"t\.yaml: prepare\.recipe must be one of \['qubiq_annotators', 'qubiq_scribbles', 'shenzhen_limited', "
+     r"t\.yaml: prepare\.recipe must be one of \['qubiq_annotators', 'qubiq_scribbles', 'shenzhen_domain_shift', "
+     r"'shenzhen_limited', "
      r"'shenzhen_noisy', "
      r"'shenzhen_protocols', 'shenzhen_scribbles'\], "
      r"got 'shenzen_limited' \(did you mean 'shenzhen_limited'\?\)"),

@@ -115,7 +115,8 @@ def test_load_experiment_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="missing key 'seeds'"):
         load_experiment(tmp_path)
     (tmp_path / "experiment.json").write_text(json.dumps({"setting": "weak", "seeds": [0]}))
-    with pytest.raises(InputError, match=r"setting must be one of \['annotators', 'benchmark', 'benchmark_mixed', 'headroom', 'limited', "
+    with pytest.raises(InputError, match=r"setting must be one of \['annotators', 'benchmark', 'benchmark_mixed', "
+                                         r"'domain_shift', 'headroom', 'limited', "
                                          r"'methods_noisy', 'methods_semi', 'noisy', 'scribbles', 'scribbles_qubiq'\], got 'weak'"):
         load_experiment(tmp_path)
 
