@@ -61,10 +61,8 @@ EMBEDDED_TRAIN_ENV = {
     # its PreemptionCallback, whose PreemptionWatcher actor (one more process, spawned while the Train worker sets
     # up, ~1 s of contention) only polls Ray Core for node drains; a single embedded node is never drained.
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-    # The controller's poll period (default 2.0 s, also each poll's wait before a poll counts as pending; a
-    # pending poll is awaited again, it is no error). It does not touch start-up, but a fit's end takes two polls:
-    # 2.4-2.6 s after the last report; at 0.5 s about 1.5 s less, for a few more tiny poll RPCs.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+    # Not here: a 0.5 s controller poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, default 2 s) ended a fit ~1.5 s sooner,
+    # but the Ray engine's steady-state slices/s fell with it in side-by-side runs (docs/performance.md, "On real data").
 }
 # How many worker processes the raylet starts at once. Ray's default is min(cores, logical CPUs)
 # (ray/_private/services.py, start_raylet), 2 here: the SynchronizationActor and the PlacementGroupCleaner take
