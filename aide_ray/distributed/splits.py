@@ -57,10 +57,7 @@ class ExactSplits(DataConfig):
         for name, ds in datasets.items():
             if name in even:
                 continue
-            if ds.name is None:
-                ds.set_name(name)
-            ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
+            ds = self._own_copy(name, ds)
             for rank, split in enumerate(ds.streaming_split(world_size, equal=False,
                                                             locality_hints=worker_node_ids)):
                 output[rank][name] = split
@@ -71,11 +68,13 @@ class ExactSplits(DataConfig):
         itself. ``streaming_split(1)`` gives the same rows but starts a SplitCoordinator actor per dataset
         (three new processes, each ~2-3 s of spawn and imports, while the worker sets up and its first batch
         waits on the train one: docs/performance.md, "Start-up")."""
-        iterators = {}
-        for name, ds in datasets.items():
-            if ds.name is None:
-                ds.set_name(name)
-            ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            iterators[name] = ds.iterator()
-        return iterators
+        return {name: self._own_copy(name, ds).iterator() for name, ds in datasets.items()}
+
+    def _own_copy(self, name, ds):
+        """``ds`` named and copied with this config's execution options, as ``DataConfig.configure`` does
+        before it splits a dataset."""
+        if ds.name is None:
+            ds.set_name(name)
+        ds = ds.copy(ds)
+        ds.context.execution_options = self._resolve_execution_options(name)
+        return ds

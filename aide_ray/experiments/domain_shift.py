@@ -7,8 +7,8 @@ the split of settings 1 and 3) has its train cases cut in two by case, a source
 half that keeps its images and labels and a target half whose images go through
 the simulated scanner; the validation and test cases are target-domain too
 (shifted images, the original masks as labels and references). The recipe is
-registered in :data:`aide_ray.experiments.prepare.RECIPES` and uses that module's
-pseudo-label step, as setting 3 does.
+registered in :data:`aide_ray.experiments.prepare.RECIPES` and makes its pseudo-labels
+with setting 3's step (:class:`aide_ray.experiments.recipe_steps.PseudoLabels`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from aide_ray.data.recipes import shenzhen_manifest
 from aide_ray.data.scanner_shift import SOURCE_DOMAIN, TARGET_DOMAIN, ScannerShift, shift_manifest
 from aide_ray.exceptions import ConfigError
 from aide_ray.experiments.layout import data_dir
+from aide_ray.experiments.recipe_steps import NOISE_SEED, PseudoLabels, case_counts, ingest_once
 from aide_ray.experiments.recipe_types import LaterData, PrepareContext, Prepared
 
 __all__ = ["DATA_KEYS", "shenzhen_domain_shift"]
@@ -61,10 +62,6 @@ def shenzhen_domain_shift(ctx: PrepareContext, *, pseudo_labels_from: str, sourc
       train cases, whose predictions become their LQ labels in "target_pseudo" (per seed, as
       setting 3's pseudo-labels), beside the source cases' HQ labels.
     """
-    # The pseudo-label step and the shared helpers live in prepare.py, which imports this module for its
-    # registry: imported here, when the recipe runs, so that either module can be imported first.
-    from aide_ray.experiments.prepare import NOISE_SEED, _counts, _PseudoLabels, ingest_once
-
     if not 0.0 < source_fraction < 1.0:
         raise ConfigError(f"prepare.options.source_fraction must be in (0, 1) (the share of train cases in the "
                           f"source domain), got {source_fraction!r}")
@@ -88,7 +85,7 @@ def shenzhen_domain_shift(ctx: PrepareContext, *, pseudo_labels_from: str, sourc
     table = pd.read_csv(shifted, dtype=str, keep_default_na=False)
     train = table[table["split"] == "train"]
     n_source = int((train["domain"] == SOURCE_DOMAIN).sum())
-    note = (f"Cases (train, val, test): {_counts(clean)}. Train cases split by case (seed {NOISE_SEED}) into "
+    note = (f"Cases (train, val, test): {case_counts(clean)}. Train cases split by case (seed {NOISE_SEED}) into "
             f"{n_source} source cases (original images, HQ labels) and {len(train) - n_source} target cases whose "
             f"images went through a simulated scanner ({shift.describe()}); their LQ pseudo-labels are predicted "
             f"by the same seed's `{pseudo_labels_from}` model. Validation and test: target domain (shifted images), "
@@ -97,4 +94,4 @@ def shenzhen_domain_shift(ctx: PrepareContext, *, pseudo_labels_from: str, sourc
                            "target_clean": ingest_once(shifted, d / "shards_target_clean", ctx.inputs)},
                     reference=shifted, note=note,
                     later={"target_pseudo": LaterData(pseudo_labels_from,
-                                                      _PseudoLabels(ctx, source_only, pseudo_labels_from))})
+                                                      PseudoLabels(ctx, source_only, pseudo_labels_from))})

@@ -15,50 +15,27 @@ same data. This module and the domain-shift recipe's own
 from __future__ import annotations
 
 import difflib
-import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from aide_ray.data.ingest import ingest
 from aide_ray.data.manifest import read_manifest, write_manifest
 from aide_ray.data.noise import PROTOCOLS, SCRIBBLES, NoiseOptions, corrupt_manifest
-from aide_ray.data.preprocess import Preprocessing
 from aide_ray.data.recipes import qubiq_manifest, shenzhen_manifest
 from aide_ray.data.scribbles import ScribbleOptions, scribble_coverage
 from aide_ray.data.shards import read_slices_local
-from aide_ray.eval.evaluate import find_prediction
 from aide_ray.eval.label_quality import noisy_label_dice
 from aide_ray.exceptions import ConfigError
-from aide_ray.experiments.catalogue import Inputs, Setting
+from aide_ray.experiments.catalogue import Setting
 from aide_ray.experiments.domain_shift import DATA_KEYS as DOMAIN_SHIFT_KEYS, shenzhen_domain_shift
-from aide_ray.experiments.layout import data_dir, log_file, train_dir
+from aide_ray.experiments.layout import data_dir
+from aide_ray.experiments.recipe_steps import NOISE_SEED, PseudoLabels, case_counts, ingest_once
 from aide_ray.experiments.recipe_types import LaterData, PrepareContext, Prepared, Recipe
-from aide_ray.experiments.stages import aide_ray_cmd, log, run_stage
-from aide_ray.runs.folder import CONFIG_FILE, DATASET_FILE
 
 __all__ = ["NOISE_SEED", "PrepareContext", "Prepared", "LaterData", "Recipe", "RECIPES", "recipe_of",
            "prepare_setting", "ingest_once"]
-
-NOISE_SEED = 0  # seed of the case split, the label corruption and the random-rater draw (data, not training)
-
-
-def ingest_once(manifest: Path, shards: Path, inputs: Inputs) -> Path:
-    """Ingest ``manifest`` into ``shards`` unless that folder is complete already."""
-    if not (shards / DATASET_FILE).is_file():
-        log(f"ingest {manifest} -> {shards} (size {inputs.size}, spacing {inputs.spacing})")
-        ingest(manifest, shards, Preprocessing(target_spacing=inputs.spacing, size=inputs.size, normalize="zscore"),
-               overwrite=True)
-    return shards
-
-
-def _counts(manifest: Path) -> str:
-    df = pd.read_csv(manifest)
-    return ", ".join(f"{s} {df[df['split'] == s]['case_id'].nunique()}" for s in ("train", "val", "test"))
-
 
 def _shenzhen(ctx: PrepareContext, protocol: str, folder: str, **options: Any) -> tuple[Path, Path, pd.DataFrame]:
     """Settings 1 and 3: the clean Shenzhen manifest (70/10/20 by case) and its ``protocol`` copy.
@@ -84,7 +61,7 @@ def shenzhen_noisy(ctx: PrepareContext, *, clean_fraction: float) -> Prepared:
     """Setting 1: the clean manifest, its pymic-jsrt noisy copy, both ingested (sets "noisy" and "clean")."""
     clean, noisy, train = _shenzhen(ctx, "pymic-jsrt", "noisy", clean_fraction=clean_fraction)
     dice = noisy_label_dice(train[train["label_kind"] == "lq"])
-    note = (f"Cases (train, val, test): {_counts(clean)}. Train labels: pymic-jsrt noise (seed {NOISE_SEED}), "
+    note = (f"Cases (train, val, test): {case_counts(clean)}. Train labels: pymic-jsrt noise (seed {NOISE_SEED}), "
             f"{int((train['label_kind'] == 'hq').sum())} cases clean, {int((train['label_kind'] == 'lq').sum())} "
             f"noisy, mean Dice of noisy vs clean label {dice.mean():.3f}. Test references: the original masks.")
     d = data_dir(ctx.out)
@@ -117,7 +94,7 @@ def shenzhen_protocols(ctx: PrepareContext, *, protocols: list[str], clean_fract
     if clean is None:
         raise ConfigError("prepare.options.protocols must name at least one protocol")
     train_sets["clean"] = ingest_once(clean, d / "shards_clean", ctx.inputs)
-    note = (f"Cases (train, val, test): {_counts(clean)}. Train labels: {int(clean_fraction * 100)}% of the train cases "
+    note = (f"Cases (train, val, test): {case_counts(clean)}. Train labels: {int(clean_fraction * 100)}% of the train cases "
             f"clean, the others corrupted (seed {NOISE_SEED}; magnitude {magnitude:g} px at 256, affected fraction "
             f"{affected_fraction:g}, strength {strength:g}); mean Dice of noisy vs clean label: "
             f"{', '.join(qualities)}. Test references: the original masks.")
@@ -155,7 +132,7 @@ def qubiq_annotators(ctx: PrepareContext) -> Prepared:
             write_manifest(table.reset_index(drop=True), path)
         train[name] = ingest_once(path, d / f"shards_{name}", ctx.inputs)
     chosen = manifests["random"][manifests["random"]["split"] == "train"]["annotator"].value_counts()
-    note = (f"Cases (train, val, test): {_counts(every)}; {len(raters)} raters. Training and validation use one "
+    note = (f"Cases (train, val, test): {case_counts(every)}; {len(raters)} raters. Training and validation use one "
             f"label per case: rater1's, or a rater drawn per case (seed {NOISE_SEED}; train draws: "
             + ", ".join(f"{r} {chosen[r]}" for r in sorted(chosen.index, key=lambda s: (len(s), s)))
             + "). Test: one prediction per case scored against each of the 7 raters.")
@@ -169,12 +146,12 @@ def shenzhen_limited(ctx: PrepareContext, *, labelled_fraction: float, pseudo_la
     same seed's ``pseudo_labels_from`` run predicts (:class:`_PseudoLabels`).
     """
     clean, limited, train = _shenzhen(ctx, "limited", "limited", labelled_fraction=labelled_fraction)
-    note = (f"Cases (train, val, test): {_counts(clean)}. HQ labels kept for "
+    note = (f"Cases (train, val, test): {case_counts(clean)}. HQ labels kept for "
             f"{int((train['label_kind'] == 'hq').sum())} train cases (seed {NOISE_SEED}); the other "
             f"{int((train['label_kind'] == 'none').sum())} get LQ pseudo-labels predicted by the same seed's "
             f"`{pseudo_labels_from}` model. Test references: the original masks.")
     d = data_dir(ctx.out)
-    pseudo = _PseudoLabels(ctx, limited, pseudo_labels_from)
+    pseudo = PseudoLabels(ctx, limited, pseudo_labels_from)
     return Prepared(train={"hq10": ingest_once(limited, d / "shards_hq10", ctx.inputs),
                            "clean": ingest_once(clean, d / "shards_clean", ctx.inputs)},
                     reference=clean, note=note, later={"pseudo": LaterData(pseudo_labels_from, pseudo)})
@@ -209,7 +186,7 @@ def shenzhen_scribbles(ctx: PrepareContext, *, scribble_width: float = 3.0, scri
         shenzhen_manifest(ctx.data, clean, split_seed=NOISE_SEED)
     shards, note = _scribbled(ctx, clean, scribble_width, scribble_keep, scribble_distance)
     return Prepared(train={"scribbles": shards, "clean": ingest_once(clean, d / "shards_clean", ctx.inputs)},
-                    reference=clean, note=f"Cases (train, val, test): {_counts(clean)}. {note} Validation and test "
+                    reference=clean, note=f"Cases (train, val, test): {case_counts(clean)}. {note} Validation and test "
                                           f"references: the original masks.")
 
 
@@ -228,62 +205,8 @@ def qubiq_scribbles(ctx: PrepareContext, *, rater: str = "rater1", scribble_widt
     shards, note = _scribbled(ctx, one, scribble_width, scribble_keep, scribble_distance)
     return Prepared(train={"scribbles": shards, "clean": ingest_once(one, data_dir(ctx.out) / "shards_clean",
                                                                      ctx.inputs)},
-                    reference=every, note=f"Cases (train, val, test): {_counts(every)}; {rater}'s masks. {note} "
+                    reference=every, note=f"Cases (train, val, test): {case_counts(every)}; {rater}'s masks. {note} "
                                           f"Validation: {rater}'s masks; test: every rater's.")
-
-
-class _PseudoLabels:
-    """Per seed: predict the unlabelled train cases with that seed's source run, ingest them as kind lq.
-
-    Both pseudo-label arms of a seed call it, possibly at the same time: a lock per seed lets the first
-    make the shards and the second reuse them. With ``--force`` they are remade once per process.
-    """
-
-    def __init__(self, ctx: PrepareContext, limited_manifest: Path, source_arm: str) -> None:
-        self.ctx = ctx
-        self.limited = limited_manifest
-        self.source_arm = source_arm
-        self._locks: dict[int, threading.Lock] = {}
-        self._guard = threading.Lock()  # makes the lock of a seed once
-        self._done: set[int] = set()  # seeds whose pseudo-labels this object made
-
-    def __call__(self, seed: int) -> Path | None:
-        with self._guard:
-            lock = self._locks.setdefault(seed, threading.Lock())
-        with lock:
-            return self._make(seed)
-
-    def _make(self, seed: int) -> Path | None:
-        out, d = self.ctx.out, data_dir(self.ctx.out)
-        shards = d / f"shards_pseudo_s{seed}"
-        if (shards / DATASET_FILE).is_file() and (not self.ctx.force or seed in self._done):
-            return shards
-        run_dir = train_dir(out, self.source_arm, seed)
-        if not (run_dir / CONFIG_FILE).is_file():
-            log(f"pseudo-labels s{seed}: {run_dir} has not finished; skipping the arms that need them")
-            return None
-        pred = out / "pseudo" / f"s{seed}"
-        if not pred.is_dir() or self.ctx.force:
-            ok = run_stage(out, "pseudo", self.source_arm, seed,
-                           [*aide_ray_cmd(), "predict", "--checkpoint", str(run_dir), "--input", str(self.limited),
-                            "--split", "train", "--out", str(pred), "--local", "--overwrite"],
-                           log_file(out, "pseudo", f"s{seed}"))
-            if not ok:
-                return None
-        df = read_manifest(self.limited)
-        none = (df["split"] == "train") & (df["label_kind"] == "none")
-        for idx in df.index[none]:
-            path = find_prediction(pred, df.at[idx, "case_id"])
-            if path is None:
-                raise FileNotFoundError(f"{pred}: no pseudo-label for case {df.at[idx, 'case_id']}")
-            df.at[idx, "label"] = str(path)
-            df.at[idx, "label_kind"] = "lq"
-        manifest = d / f"pseudo_s{seed}.csv"
-        write_manifest(df, manifest)
-        if shards.exists():
-            shutil.rmtree(shards)
-        self._done.add(seed)
-        return ingest_once(manifest, shards, self.ctx.inputs)
 
 
 # --------------------------------------------------------------------------- registry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +112,17 @@ elif stage == "evaluate":
 else:
     record(run=Path(args[1]).name, event="end")
 '''
+
+
+def install_fake_cli(tmp_path: Path, monkeypatch) -> Path:
+    """Make every stage the experiments run (train, predict, evaluate, the pseudo-labels' predict) call
+    :data:`FAKE_CLI` instead of ``aide-ray``; returns the file its calls are recorded in (JSON lines)."""
+    from aide_ray.experiments import pipeline, recipe_steps  # noqa: PLC0415
+
+    cli = tmp_path / "fake_cli.py"
+    cli.write_text(FAKE_CLI)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_CALLS", str(calls))
+    for module in (pipeline, recipe_steps):
+        monkeypatch.setattr(module, "aide_ray_cmd", lambda: [sys.executable, str(cli)])
+    return calls

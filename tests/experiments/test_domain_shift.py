@@ -7,7 +7,6 @@ the stand-in CLI of test_pipeline, so the pseudo-label step is exercised without
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +19,12 @@ from aide_ray.config import from_dict, load_config
 from aide_ray.data.manifest import read_manifest
 from aide_ray.data.shards import read_slices_local
 from aide_ray.exceptions import ConfigError
-from aide_ray.experiments import pipeline, prepare
 from aide_ray.experiments.catalogue import Inputs, get_setting, load_full_size, load_setting
 from aide_ray.experiments.domain_shift import shenzhen_domain_shift
 from aide_ray.experiments.pipeline import RunOptions, run_setting
 from aide_ray.experiments.prepare import PrepareContext, ingest_once, prepare_setting
 
-from .helpers import FAKE_CLI, make_shenzhen
+from .helpers import install_fake_cli, make_shenzhen
 
 SIZE = Inputs(16, (2.0, 2.0))
 
@@ -145,12 +143,7 @@ def test_the_pseudo_labels_come_from_the_source_arm_and_label_the_target_cases_o
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The shipped setting's arms and recipe at 16 px, every stage by the stand-in CLI (which "predicts" a case's
     mask): the pseudo-label arms wait for the source arm, and their set has LQ labels on the target cases only."""
-    cli = tmp_path / "fake_cli.py"
-    cli.write_text(FAKE_CLI)
-    calls_file = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_CALLS", str(calls_file))
-    monkeypatch.setattr(pipeline, "aide_ray_cmd", lambda: [sys.executable, str(cli)])
-    monkeypatch.setattr(prepare, "aide_ray_cmd", lambda: [sys.executable, str(cli)])
+    calls_file = install_fake_cli(tmp_path, monkeypatch)
     raw = yaml.safe_load(get_setting("domain_shift").source.read_text())
     raw["inputs"] = {"cpu": {"size": 16, "spacing": 2.0}, "full": {"size": 32}}
     (tmp_path / "small_shift.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,11 +16,10 @@ import pytest
 import yaml
 
 from aide_ray.exceptions import ConfigError, InputError
-from aide_ray.experiments import pipeline, prepare
 from aide_ray.experiments.catalogue import get_setting, load_setting
 from aide_ray.experiments.pipeline import RunOptions, arm_overrides, run_setting
 
-from .helpers import FAKE_CLI, make_shenzhen, write_eval, write_experiment
+from .helpers import install_fake_cli, make_shenzhen, write_eval, write_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,12 +51,7 @@ def _load_run_script():
 @pytest.fixture
 def small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """(setting, data folder, calls file): the small setting, its data, and the stand-in CLI installed."""
-    cli = tmp_path / "fake_cli.py"
-    cli.write_text(FAKE_CLI)
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_CALLS", str(calls))
-    monkeypatch.setattr(pipeline, "aide_ray_cmd", lambda: [sys.executable, str(cli)])
-    monkeypatch.setattr(prepare, "aide_ray_cmd", lambda: [sys.executable, str(cli)])
+    calls = install_fake_cli(tmp_path, monkeypatch)
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(SMALL, sort_keys=False))
     return load_setting(path), make_shenzhen(tmp_path / "shenzhen"), calls
