@@ -24,7 +24,7 @@ from aide_ray.nn.losses import consistency_loss_per_sample, segmentation_loss_pe
 from aide_ray.options import Section
 
 __all__ = ["AideOptions", "Aide", "aide_losses", "ramp_weight", "small_loss_selection", "aide_net_loss", "twin_of",
-           "flip_view"]
+           "flip_view", "crossed_selection", "segmentation_losses", "pseudo_rows", "net_losses"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,25 @@ def twin_of(name: str, net_names: tuple[str, str]) -> str:
     return b if name == a else a
 
 
+def crossed_selection(seg: Mapping[str, Tensor], labelled: Tensor, small_loss_fraction: float,
+                      net_names: tuple[str, str] = ("net1", "net2"), crossed: bool = True) -> dict[str, Tensor]:
+    """The rows each net trains on with plain L_seg: the small-loss share of its twin's ranking (or its own).
+
+    Args:
+        seg: net name -> (B,) per-sample L_seg of that net on its own label slot.
+        labelled: (B,) bool; only labelled rows can be selected.
+        small_loss_fraction: share of the labelled rows selected.
+        net_names: the pair.
+        crossed: the twin's loss ranks a net's rows (AIDE); False: the net's own (ablation).
+
+    Returns:
+        net name -> (B,) bool.
+    """
+    return {name: small_loss_selection(seg[twin_of(name, net_names) if crossed else name].detach(),
+                                       small_loss_fraction, labelled)
+            for name in net_names}
+
+
 def aide_losses(
     logits: Mapping[str, Tensor],
     labels: Tensor,
@@ -182,7 +201,8 @@ def aide_losses(
         labels: (B, 2, H, W) int64 current labels; slot i belongs to ``net_names[i]``.
         labelled: (B,) bool.
         pseudo: net name -> (B, C, H, W) that net's sharpened pseudo-label; None
-            when the consistency term has zero weight on every row.
+            when the consistency term has zero weight on every row. Only the rows
+            its twin did not select are read (``pseudo_rows``).
         ramp: r in [0, 1].
         consistency_weight: lambda.
         small_loss_fraction: share of the labelled rows each twin selects.
@@ -193,20 +213,41 @@ def aide_losses(
         losses: net name -> scalar loss.
         selected: net name -> (B,) bool, the rows selected (by the twin) for that net.
     """
+    seg = segmentation_losses(logits, labels, net_names)
+    selected = crossed_selection(seg, labelled, small_loss_fraction, net_names, crossed)
+    return net_losses(logits, seg, selected, labelled, pseudo, ramp=ramp, consistency_weight=consistency_weight,
+                      net_names=net_names), selected
+
+
+def segmentation_losses(logits: Mapping[str, Tensor], labels: Tensor,
+                        net_names: tuple[str, str] = ("net1", "net2")) -> dict[str, Tensor]:
+    """net name -> (B,) L_seg of that net's logits on its own label slot of ``labels`` (B, 2, H, W)."""
     if labels.dim() != 4 or labels.shape[1] != 2:
         raise ValueError(f"labels must have shape (B, 2, H, W), got {tuple(labels.shape)}")
-    seg = {name: segmentation_loss_per_sample(logits[name], labels[:, slot])
-           for slot, name in enumerate(net_names)}
-    losses, selected = {}, {}
+    return {name: segmentation_loss_per_sample(logits[name], labels[:, slot]) for slot, name in enumerate(net_names)}
+
+
+def pseudo_rows(selected: Mapping[str, Tensor], net_names: tuple[str, str] = ("net1", "net2")) -> dict[str, Tensor]:
+    """net name -> (B,) bool, the rows on which that net's pseudo-label is read: those its twin was not given.
+
+    A net's pseudo-label is the consistency target of its twin's *rest* rows only
+    (``aide_net_loss`` masks the selected ones out), so its K views need not be
+    computed for the rows the twin trains on with plain L_seg.
+    """
+    return {name: ~selected[twin_of(name, net_names)] for name in net_names}
+
+
+def net_losses(logits: Mapping[str, Tensor], seg: Mapping[str, Tensor], selected: Mapping[str, Tensor],
+               labelled: Tensor, pseudo: Mapping[str, Tensor] | None, *, ramp: float, consistency_weight: float,
+               net_names: tuple[str, str] = ("net1", "net2")) -> dict[str, Tensor]:
+    """net name -> scalar ``aide_net_loss``, its consistency term against the twin's pseudo-label."""
+    losses = {}
     for name in net_names:
-        twin = twin_of(name, net_names)
-        ranker = twin if crossed else name
-        selected[name] = small_loss_selection(seg[ranker].detach(), small_loss_fraction, labelled)
         con = None
         if pseudo is not None:
-            con = consistency_loss_per_sample(torch.softmax(logits[name], dim=1), pseudo[twin])
+            con = consistency_loss_per_sample(torch.softmax(logits[name], dim=1), pseudo[twin_of(name, net_names)])
         losses[name] = aide_net_loss(seg[name], con, selected[name], labelled, ramp, consistency_weight)
-    return losses, selected
+    return losses
 
 
 class Aide(Method):
@@ -264,6 +305,27 @@ class Aide(Method):
         metrics = {f"loss_{name}": float(loss.detach()) for name, loss in losses.items()}
         return StepOutput(loss=sum(losses.values()), metrics=metrics)
 
+    def _pseudo_label(self, net: nn.Module, image: Tensor, logits: Tensor, rows: Tensor) -> Tensor:
+        """The net's sharpened pseudo-label (B, C, H, W), its K views computed on ``rows`` only.
+
+        The other rows hold the net's own softmax and are never read (``pseudo_rows``):
+        with half the batch selected this halves the K x B no-grad passes. In eval mode
+        (the default) rows are independent, so the rows computed are what a pass over
+        the whole batch would give them; with ``pseudo_label_eval_mode`` false their
+        batch statistics come from the rows computed.
+        """
+        cfg = self.options
+        probs = torch.softmax(logits.detach(), dim=1)
+        if not bool(rows.any()):
+            return probs
+        out = probs.clone()
+        out[rows] = augmented_pseudo_label(
+            net, image[rows], cfg.num_augmentations, cfg.rotation_degrees, cfg.temperature,
+            eval_mode=cfg.pseudo_label_eval_mode, fallback_probs=probs[rows],
+            rows_per_pass=default_rows_per_pass(image),
+        )
+        return out
+
     def train_step(self, nets: dict[str, nn.Module], batch: Batch, epoch: int) -> StepOutput:
         cfg = self.options
         if epoch < cfg.supervised_epochs:
@@ -272,24 +334,17 @@ class Aide(Method):
         ramp = ramp_weight(epoch - cfg.supervised_epochs, cfg.ramp_epochs)
         logits = {name: self._logits(nets[name], batch.image) for name in names}
         labelled = batch.labelled.bool()
+        seg = segmentation_losses(logits, batch.labels, names)
+        selected = crossed_selection(seg, labelled, cfg.small_loss_fraction, names, cfg.crossed_selection)
         # The consistency term weighs lambda * r_i; at epoch 0 with every row
         # labelled it is zero everywhere, so the K x B forward passes are skipped.
         needs_pseudo = cfg.consistency_weight > 0 and (ramp > 0 or not bool(labelled.all()))
         pseudo = None
         if needs_pseudo:
-            pseudo = {
-                name: augmented_pseudo_label(
-                    nets[name], batch.image, cfg.num_augmentations, cfg.rotation_degrees, cfg.temperature,
-                    eval_mode=cfg.pseudo_label_eval_mode,
-                    fallback_probs=torch.softmax(logits[name].detach(), dim=1),
-                    rows_per_pass=default_rows_per_pass(batch.image),
-                )
-                for name in names
-            }
-        losses, selected = aide_losses(
-            logits, batch.labels, labelled, pseudo, ramp=ramp, consistency_weight=cfg.consistency_weight,
-            small_loss_fraction=cfg.small_loss_fraction, net_names=names, crossed=cfg.crossed_selection,
-        )
+            rows = pseudo_rows(selected, names)
+            pseudo = {name: self._pseudo_label(nets[name], batch.image, logits[name], rows[name]) for name in names}
+        losses = net_losses(logits, seg, selected, labelled, pseudo, ramp=ramp,
+                            consistency_weight=cfg.consistency_weight, net_names=names)
         metrics = {f"loss_{name}": float(losses[name].detach()) for name in names}
         metrics["ramp"] = ramp
         metrics["selected_fraction"] = float(selected[names[0]].float().mean())

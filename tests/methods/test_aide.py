@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from aide_ray.config import load_config
-from aide_ray.methods.aide import Aide, aide_losses, aide_net_loss, ramp_weight, small_loss_selection
+from aide_ray.methods.aide import (Aide, aide_losses, aide_net_loss, crossed_selection, pseudo_rows, ramp_weight,
+                                   segmentation_losses, small_loss_selection)
 from aide_ray.methods.base import Batch
 from aide_ray.methods.registry import method_class
 from aide_ray.nn.losses import consistency_loss_per_sample, segmentation_loss_per_sample
@@ -140,10 +141,10 @@ def test_train_step_contract_and_forward_passes():
     assert out.metrics["selected_fraction"] == pytest.approx(0.5)
     assert out.loss.item() == pytest.approx(out.metrics["loss_net1"] + out.metrics["loss_net2"], rel=1e-5)
     for net in nets.values():
-        # The training pass (grad, train mode), then the K x B views without grad in eval mode
-        # (on the CPU in passes of B rows, see default_rows_per_pass).
+        # The training pass (grad, train mode), then the K views without grad in eval mode of the two
+        # rows the twin did not select (K x 2 = 6 rows; on the CPU in passes of B rows, default_rows_per_pass).
         assert net.calls[0] == (4, True, True)
-        assert net.calls[1:] == [(4, False, False)] * 3
+        assert net.calls[1:] == [(4, False, False), (2, False, False)]
         assert net.training
     out.loss.backward()
     assert all(p.grad is not None for net in nets.values() for p in net.conv.parameters())
@@ -154,3 +155,29 @@ def test_train_step_skips_pseudo_labels_when_consistency_has_no_weight():
     nets = {"net1": CountingNet(), "net2": CountingNet()}
     method.train_step(nets, _batch(4), epoch=0)  # r = 0 and every row labelled
     assert nets["net1"].calls == [(4, True, True)]
+
+
+def test_pseudo_labels_are_read_only_on_the_rows_the_twin_did_not_select():
+    """Garbage in a net's pseudo-label on its twin's selected rows leaves every loss unchanged."""
+    target = _target(6)
+    labels = target[:, None].repeat(1, 2, 1, 1)
+    logits = {"net1": _logits_with_errors(target, [50, 40, 30, 20, 10, 0]),
+              "net2": _logits_with_errors(target, [0, 30, 10, 40, 20, 50])}
+    labelled = torch.tensor([True, True, True, True, True, False])
+    g = torch.Generator().manual_seed(0)
+    pseudo = {name: torch.rand(6, 2, SIZE, SIZE, generator=g).softmax(1) for name in logits}
+    kwargs = dict(ramp=0.5, consistency_weight=3.0, small_loss_fraction=0.5)
+    losses, selected = aide_losses(logits, labels, labelled, pseudo, **kwargs)
+    seg = segmentation_losses(logits, labels)
+    assert all(torch.equal(selected[n], crossed_selection(seg, labelled, 0.5)[n]) for n in logits)
+    rows = pseudo_rows(selected)
+    assert torch.equal(rows["net2"], ~selected["net1"]) and rows["net1"][5]  # unlabelled rows always need one
+    garbage = {name: torch.where(rows[name].view(-1, 1, 1, 1), p, torch.full_like(p, 1e3))
+               for name, p in pseudo.items()}
+    changed, _ = aide_losses(logits, labels, labelled, garbage, **kwargs)
+    assert all(changed[n].item() == pytest.approx(losses[n].item(), rel=1e-6) for n in logits)
+    # ... while garbage on a row that is read changes the loss (the check above can fail).
+    read = int(torch.nonzero(rows["net2"])[0])
+    garbage["net2"][read] = 1e3
+    assert aide_losses(logits, labels, labelled, garbage, **kwargs)[0]["net1"].item() != \
+        pytest.approx(losses["net1"].item(), rel=1e-3)
