@@ -1,8 +1,8 @@
 """Cost of one AIDE training step relative to training two supervised U-Nets on the same batch.
 
 AIDE trains two nets like two independent supervised runs would, plus, per net,
-one no-grad eval-mode forward pass over K augmented copies of the batch and
-the warps around it. This script measures that overhead on the CPU with one
+no-grad eval-mode forward passes over K augmented copies of the rows its twin
+did not select (half the batch) and the warps around them. This script measures that overhead on the CPU with one
 fixed thread count: the same batch (8 x 1 x 128 x 128, base width 16) goes
 through ``train_one_step`` with :class:`Aide` and through ``train_one_step``
 with two :class:`Supervised` instances, alternating the two so that machine
@@ -11,7 +11,7 @@ compared. The reported ratio uses process CPU time: with one thread it is the
 work done, and unlike wall-clock time it does not grow when other processes
 share the cores (on a quiet machine the two ratios agree; both are printed).
 Target: ratio <= 2.6 (the ideal, counting a backward pass as two forwards, is
-(3 + K) / 3 = 2.33 for K = 4).
+(3 + K / 2) / 3 = 1.67 for K = 4 and half the batch selected).
 
 ``--device cuda`` measures the same on a GPU (``--size 256 --base-width 64`` is
 the paper's size); there the ratio uses wall time after ``torch.cuda.synchronize``.
