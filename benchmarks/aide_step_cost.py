@@ -65,12 +65,14 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--reps", type=int, default=7, help="timed repetitions of each side")
     parser.add_argument("--epoch", type=int, default=30, help="epoch passed to the steps (ramp r = 1 by default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides for both sides, e.g. aide.num_augmentations=1")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = load_config(None, [f"model.base_width={args.base_width}", f"batch_size={args.batch_size}"])
+    cfg = load_config(None, [f"model.base_width={args.base_width}", f"batch_size={args.batch_size}", *args.overrides])
     batch = _batch(args.batch_size, args.size, torch.Generator().manual_seed(0)).to(device)
 
     aide = Aide.from_config(cfg, 1)
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> float:
     # One CPU thread: CPU time is the work done, immune to other load. On a GPU the host
     # mostly waits, so wall time after synchronisation is the measure.
     ratio = aide_cpu / sup_cpu if device.type == "cpu" else aide_wall / sup_wall
-    print(f"config: device={device} batch={args.batch_size} size={args.size} base_width={args.base_width} threads={args.threads} "
+    print(f"config: overrides={args.overrides} device={device} batch={args.batch_size} size={args.size} base_width={args.base_width} threads={args.threads} "
           f"K={cfg.options_of('aide').num_augmentations} reps={args.reps} torch={torch.__version__} "
           f"pseudo_label_rows_per_pass={default_rows_per_pass(batch.image)}")
     print(f"aide_step_s wall median={aide_wall:.3f} all={[round(t[0], 3) for t in aide_t]}")
