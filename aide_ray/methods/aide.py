@@ -315,7 +315,8 @@ class Aide(Method):
         batch statistics come from the rows computed.
         """
         cfg = self.options
-        probs = torch.softmax(logits.detach(), dim=1)
+        # float32 like the views' result, also under bf16 autocast (the logits' dtype there).
+        probs = torch.softmax(logits.detach().float(), dim=1)
         if not bool(rows.any()):
             return probs
         out = probs.clone()
