@@ -5,8 +5,8 @@ reading, anisotropic spacing, a rotated direction, slicing, noisy labels,
 splits) without any download. Each case is an organ-like blob (an ellipsoid
 whose cross-section is deformed by low-order harmonics and drifts across
 slices) with texture, a multiplicative bias field and Rician-like noise.
-Train labels are corrupted with the pymic-jsrt simulator (per slice), except
-the protocol's clean fraction; val and test keep clean labels.
+Train labels are corrupted with a noise protocol (pymic-jsrt, per slice, unless
+told otherwise), except the clean fraction; val and test keep clean labels.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from aide_ray._internal.io import atomic_dir
 from aide_ray.data.manifest import write_manifest
+from aide_ray.data.mask_noise import MASK_PROTOCOLS, NoiseOptions
 from aide_ray.data.noise import case_rng, choose_cases, corrupt_volume
 
 __all__ = ["DEMO_SPACING", "make_demo_data", "demo_split_sizes", "synthesize_case"]
@@ -110,14 +111,15 @@ def _write(arr: np.ndarray, path: Path) -> None:
 
 
 def make_demo_data(out_dir: str | os.PathLike, cases: int = 12, slices: int = 8, size: int = 64, seed: int = 0,
-                   *, overwrite: bool = False) -> Path:
+                   *, protocol: str = "pymic-jsrt", noise: NoiseOptions = NoiseOptions(),
+                   overwrite: bool = False) -> Path:
     """Write the demo dataset and return its manifest's path.
 
     Layout of ``out_dir``: ``images/case_NNN.nii.gz`` (float32 volumes),
-    ``labels_hq/`` (clean masks), ``labels_lq/`` (pymic-jsrt noisy masks of the
-    noisy train cases), ``manifest.csv``. Train cases get ``label`` = LQ file
-    (kind lq) and ``clean_label`` = HQ file, except the pymic-jsrt clean
-    fraction (5%, at least one case) which keeps HQ (kind hq); val and test
+    ``labels_hq/`` (clean masks), ``labels_lq/`` (noisy masks of the noisy train
+    cases), ``manifest.csv``. Train cases get ``label`` = LQ file (kind lq) and
+    ``clean_label`` = HQ file, except a clean fraction (5%, at least one case)
+    which keeps HQ (kind hq); val and test
     cases get HQ labels (kind hq). Splits are the first train, then val, then
     test cases (see :func:`demo_split_sizes`). The same arguments give
     byte-identical files.
@@ -128,6 +130,9 @@ def make_demo_data(out_dir: str | os.PathLike, cases: int = 12, slices: int = 8,
         slices: slices per volume (>= 1).
         size: in-plane size in pixels (>= 16).
         seed: random seed.
+        protocol: the train labels' noise, a name of
+            :data:`aide_ray.data.mask_noise.MASK_PROTOCOLS` (sizes relative to 256 px).
+        noise: the protocol's knobs.
         overwrite: replace an existing ``out_dir``.
     Returns:
         Path of ``out_dir/manifest.csv``.
@@ -137,6 +142,8 @@ def make_demo_data(out_dir: str | os.PathLike, cases: int = 12, slices: int = 8,
         raise ValueError(f"slices must be >= 1, got {slices!r}")
     if size < 16:
         raise ValueError(f"size must be >= 16, got {size!r}")
+    if protocol not in MASK_PROTOCOLS:
+        raise ValueError(f"protocol must be one of {list(MASK_PROTOCOLS)}, got {protocol!r}")
     case_ids = [f"case_{i:03d}" for i in range(cases)]
     splits = ["train"] * n_train + ["val"] * n_val + ["test"] * n_test
     clean_train = choose_cases(case_ids[:n_train], _CLEAN_FRACTION, seed)
@@ -154,13 +161,15 @@ def make_demo_data(out_dir: str | os.PathLike, cases: int = 12, slices: int = 8,
             if split == "train":
                 row["clean_label"] = str(hq_path)
                 if case_id not in clean_train:
-                    lq = corrupt_volume(mask, case_rng(seed, case_id, ""), scale=size / _REFERENCE_SIZE)
+                    lq = corrupt_volume(mask, case_rng(seed, case_id, ""), scale=size / _REFERENCE_SIZE,
+                                        protocol=protocol, options=noise)
                     lq_path = tmp / "labels_lq" / f"{case_id}.nii.gz"
                     _write(lq, lq_path)
                     row["label"], row["label_kind"] = str(lq_path), "lq"
             rows.append(row)
         df = pd.DataFrame(rows)
-        df["noise_protocol"] = "pymic-jsrt"
+        df["noise_protocol"] = protocol
         df["noise_seed"] = str(int(seed))
         write_manifest(df, tmp / "manifest.csv", relative_to=tmp)
     return Path(out_dir) / "manifest.csv"
+

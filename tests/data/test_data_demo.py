@@ -10,6 +10,7 @@ import SimpleITK as sitk
 
 from aide_ray.cli.main import main
 from aide_ray.data.demo import DEMO_SPACING, demo_split_sizes, make_demo_data
+from aide_ray.data.mask_noise import NoiseOptions
 from aide_ray.data.manifest import read_manifest
 
 
@@ -70,3 +71,36 @@ def test_cli(tmp_path, capsys):
     assert main(["demo-data", str(tmp_path / "e"), "--cases", "2"]) == 2
     assert "cases must be >= 3 (one per split), got 2" in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+
+
+def test_demo_with_a_careless_annotator(tmp_path):
+    """mixed-over-seg: each noisy case is either the accurate annotator's (the clean mask) or over-segmented."""
+    manifest = make_demo_data(tmp_path / "mixed", cases=12, slices=2, size=64, protocol="mixed-over-seg",
+                              noise=NoiseOptions(magnitude=20.0))
+    df = read_manifest(manifest)
+    assert (df["noise_protocol"] == "mixed-over-seg").all()
+    kinds = []
+    for _, rec in df[df["label_kind"] == "lq"].iterrows():
+        lq = sitk.GetArrayFromImage(sitk.ReadImage(rec["label"]))
+        clean = sitk.GetArrayFromImage(sitk.ReadImage(rec["clean_label"]))
+        if (lq == clean).all():
+            kinds.append("accurate")
+        else:
+            assert (lq >= clean).all() and lq.sum() > 1.3 * clean.sum()  # 5 px of over-segmentation at 64 px
+            kinds.append("careless")
+    assert set(kinds) == {"accurate", "careless"}
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        make_demo_data(tmp_path / "bad", cases=3, slices=1, size=32, protocol="sloppy")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_protocol(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["demo-data", str(out), "--cases", "3", "--slices", "2", "--size", "32", "--protocol", "over-seg",
+                 "--magnitude", "12"]) == 0
+    assert (read_manifest(out / "manifest.csv")["noise_protocol"] == "over-seg").all()
+    with pytest.raises(SystemExit):
+        main(["demo-data", str(tmp_path / "e"), "--protocol", "sloppy"])
+    assert "invalid choice: 'sloppy'" in capsys.readouterr().err
+    assert main(["demo-data", str(tmp_path / "f"), "--cases", "3", "--protocol", "over-seg", "--magnitude", "-1"]) == 2
+    assert "magnitude must be > 0, got -1.0" in capsys.readouterr().err
