@@ -12,7 +12,7 @@ from aide_ray.data.scribbles import annotated_fraction
 from aide_ray.eval.label_quality import noisy_label_dice
 from aide_ray.exceptions import InputError
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "add_noise_arguments", "noise_options", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "scribbles drawn from the masks (docs/data.md)")
     parser.add_argument("--clean-fraction", type=float, default=0.05,
                         help="noise protocols: share of train cases keeping clean labels (default 0.05)")
-    parser.add_argument("--magnitude", type=float, default=NoiseOptions.magnitude,
-                        help="over-seg, under-seg, shifted, mixed-over-seg: pixels at --reference-size (default 8)")
-    parser.add_argument("--affected-fraction", type=float, default=NoiseOptions.affected_fraction,
-                        help="missed-structure, mixed-over-seg: share of the noisy cases affected (default 0.5)")
-    parser.add_argument("--strength", type=float, default=NoiseOptions.strength,
-                        help="pymic-jsrt-strong: factor on pymic-jsrt's radii (default 2)")
+    add_noise_arguments(parser)
     parser.add_argument("--scribble-width", type=float, default=ScribbleOptions.width,
                         help="scribbles: stroke width in pixels at --reference-size (default 3)")
     parser.add_argument("--scribble-keep", type=float, default=ScribbleOptions.keep_fraction,
@@ -47,10 +42,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def add_noise_arguments(parser: argparse.ArgumentParser) -> None:
+    """The knobs of the noise protocols (:class:`NoiseOptions`), shared with `aide-ray demo-data`."""
+    parser.add_argument("--magnitude", type=float, default=NoiseOptions.magnitude,
+                        help="over-seg, under-seg, shifted, mixed-over-seg: pixels at the reference size, 256 px "
+                             "unless --reference-size says otherwise (default 8)")
+    parser.add_argument("--affected-fraction", type=float, default=NoiseOptions.affected_fraction,
+                        help="missed-structure, mixed-over-seg: share of the noisy cases affected (default 0.5)")
+    parser.add_argument("--strength", type=float, default=NoiseOptions.strength,
+                        help="pymic-jsrt-strong: factor on pymic-jsrt's radii (default 2)")
+
+
+def noise_options(args: argparse.Namespace) -> NoiseOptions:
+    """The :class:`NoiseOptions` of :func:`add_noise_arguments`' arguments (ValueError when out of range)."""
+    return NoiseOptions(magnitude=args.magnitude, affected_fraction=args.affected_fraction, strength=args.strength)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        options = NoiseOptions(magnitude=args.magnitude, affected_fraction=args.affected_fraction,
-                               strength=args.strength)
+        options = noise_options(args)
         scribble_options = ScribbleOptions(width=args.scribble_width, keep_fraction=args.scribble_keep,
                                            background_distance=args.scribble_distance)
         out = corrupt_manifest(args.manifest, args.out, args.protocol, args.seed,

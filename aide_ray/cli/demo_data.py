@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from aide_ray.cli.corrupt_labels import add_noise_arguments, noise_options
 from aide_ray.data.demo import make_demo_data
 from aide_ray.data.manifest import read_manifest
-from aide_ray.data.mask_noise import MASK_PROTOCOLS, NoiseOptions
+from aide_ray.data.mask_noise import MASK_PROTOCOLS
 from aide_ray.exceptions import InputError
 
 __all__ = ["add_arguments", "run"]
@@ -20,18 +21,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--protocol", default="pymic-jsrt", choices=MASK_PROTOCOLS,
                         help="noise of the train labels (default pymic-jsrt, the one `make demo` uses)")
-    parser.add_argument("--magnitude", type=float, default=NoiseOptions.magnitude,
-                        help="systematic protocols: pixels at 256 px by which a label is dilated, eroded or shifted "
-                             f"(default {NoiseOptions.magnitude:g})")
-    parser.add_argument("--affected-fraction", type=float, default=NoiseOptions.affected_fraction,
-                        help="mixed-over-seg, missed-structure: share of the noisy cases affected "
-                             f"(default {NoiseOptions.affected_fraction:g})")
+    add_noise_arguments(parser)  # sizes at 256 px, scaled to --size
     parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR if it exists")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        noise = NoiseOptions(magnitude=args.magnitude, affected_fraction=args.affected_fraction)
+        noise = noise_options(args)
         manifest = make_demo_data(args.out_dir, cases=args.cases, slices=args.slices, size=args.size,
                                   seed=args.seed, protocol=args.protocol, noise=noise, overwrite=args.overwrite)
     except ValueError as e:

@@ -119,8 +119,7 @@ def make_demo_data(out_dir: str | os.PathLike, cases: int = 12, slices: int = 8,
     ``labels_hq/`` (clean masks), ``labels_lq/`` (noisy masks of the noisy train
     cases), ``manifest.csv``. Train cases get ``label`` = LQ file (kind lq) and
     ``clean_label`` = HQ file, except a clean fraction (5%, at least one case)
-    which keeps HQ (kind hq); val and test
-    cases get HQ labels (kind hq). Splits are the first train, then val, then
+    which keeps HQ (kind hq); val and test cases get HQ labels (kind hq). Splits are the first train, then val, then
     test cases (see :func:`demo_split_sizes`). The same arguments give
     byte-identical files.
 
@@ -172,4 +171,3 @@ def make_demo_data(out_dir: str | os.PathLike, cases: int = 12, slices: int = 8,
         df["noise_seed"] = str(int(seed))
         write_manifest(df, tmp / "manifest.csv", relative_to=tmp)
     return Path(out_dir) / "manifest.csv"
-
