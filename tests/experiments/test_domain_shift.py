@@ -80,7 +80,7 @@ def test_the_recipe_shifts_the_target_images_only_and_keeps_every_label(tmp_path
             assert same == (case["domain"] == "source"), case["case_id"]
 
     assert prepared.note.startswith("Cases (train, val, test): train 14, val 2, test 4. Train cases split by case")
-    assert "7 source cases" in prepared.note and "gamma 0.5, noise std 0.06" in prepared.note
+    assert "7 source cases" in prepared.note and "gamma 0.3, noise std 0.15" in prepared.note  # the setting's shift
     assert "`supervised_source` model" in prepared.note and "Validation and test: target domain" in prepared.note
 
 
@@ -116,11 +116,13 @@ def test_bad_options_fail_before_any_data_is_made(tmp_path: Path, options: dict,
     assert not (tmp_path / "exp").exists()
 
 
-def test_the_shipped_setting_trains_four_arms_at_both_sizes(tmp_path: Path) -> None:
+def test_the_shipped_setting_trains_five_arms_at_both_sizes(tmp_path: Path) -> None:
     setting = get_setting("domain_shift")
-    assert setting.arm_names == ["supervised_source", "supervised_pseudo", "aide_pseudo", "supervised_target"]
+    assert setting.arm_names == ["supervised_source", "supervised_pseudo", "aide_pseudo", "aide_from_start_k1",
+                                 "supervised_target"]
     assert {a.name: a.data for a in setting.arms} == {"supervised_source": "source", "supervised_pseudo": "target_pseudo",
-                                                     "aide_pseudo": "target_pseudo", "supervised_target": "target_clean"}
+                                                     "aide_pseudo": "target_pseudo", "aide_from_start_k1": "target_pseudo",
+                                                     "supervised_target": "target_clean"}
     assert setting.recipe_options["pseudo_labels_from"] == "supervised_source"
     assert ("aide_pseudo", "supervised_pseudo") in setting.comparisons
     assert setting.inputs["cpu"] == Inputs(64, (4.0, 4.0)) and setting.inputs["full"] == Inputs(256)
@@ -137,6 +139,8 @@ def test_the_shipped_setting_trains_four_arms_at_both_sizes(tmp_path: Path) -> N
     assert aide.correct_hq is False and aide.supervised_epochs == 8 and aide.correct_where_agree
     big = load_config(tmp_path / "aide_pseudo.yaml", full).options_of("aide")
     assert (big.supervised_epochs, big.update_every, big.ramp_epochs, big.consistency_weight) == (40, 15, 60, 1.0)
+    k1 = from_dict(setting.arm_config("aide_from_start_k1")).options_of("aide")
+    assert (k1.supervised_epochs, k1.num_augmentations, k1.update_every, k1.correct_hq) == (0, 1, 7, False)
 
 
 def test_the_pseudo_labels_come_from_the_source_arm_and_label_the_target_cases_only(
