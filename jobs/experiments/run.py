@@ -33,7 +33,7 @@ from typing import Sequence
 
 EXP_DIR = Path(__file__).resolve().parent
 # Pages `report` writes: each has its text before and after the tables in EXP_DIR/<page>_{preamble,postscript}.md.
-PAGES = ("results", "benchmark", "scribbles", "methods")
+PAGES = ("results", "benchmark", "recipe", "scribbles", "methods")
 REPO = EXP_DIR.parents[1]
 if str(REPO) not in sys.path:  # run from a fresh checkout without installing
     sys.path.insert(0, str(REPO))
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="docs/results.md", help="Markdown file (default: docs/results.md)")
     p.add_argument("--page", choices=PAGES, default="results",
                    help="the page's own text around the tables: results (docs/results.md, the paper's settings), "
-                        "benchmark (docs/results_benchmark.md, the noisy-label benchmark), scribbles "
+                        "benchmark (docs/results_benchmark.md, the noisy-label benchmark), recipe "
+                        "(docs/results_recipe.md, the paper's settings with AIDE's new recipe), scribbles "
                         "(docs/results_scribbles.md, the scribble methods against pCE) or methods "
                         "(docs/results_methods.md, the noisy-label and semi-supervised methods of the field)")
     p.add_argument("--figures", nargs="*", default=[], metavar="EXP:ARM_sSEED",

@@ -169,12 +169,13 @@ def test_report_pages_put_their_own_text_around_the_tables(tmp_path: Path, capsy
     run = _load_run_script()
     exp = tmp_path / "exp_benchmark"
     exp.mkdir()
-    for page, title in (("benchmark", "# Results of the noisy-label benchmark"), ("results", "# Results of the three")):
+    for page, title in (("benchmark", "# Results of the noisy-label benchmark"), ("results", "# Results of the three"),
+                        ("recipe", "# Results of the three AIDE settings with the new recipe")):
         out = tmp_path / f"{page}.md"
         assert run.main(["report", str(exp), "--out", str(out), "--page", page]) == 0
         text = out.read_text()
         assert text.startswith(title), page
-        assert f"report {exp} --out {out}" in text and ("--page benchmark" in text) == (page == "benchmark")
+        assert f"report {exp} --out {out}" in text and (f"--page {page}" in text) == (page != "results")
         assert f"Not run: `{exp}` holds no `experiment.json`" in text
     with pytest.raises(SystemExit):
         run.build_parser().parse_args(["report", str(exp), "--page", "nope"])
