@@ -341,11 +341,8 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-# Small, CPU-friendly settings used when `train` is run with no config at all: AIDE from the first epoch
-# (crossed selection, one unsharpened flip view), corrections after epochs 4 and 8 where the twins agree,
-# half of the labels each time, the learning rate halved every 2 epochs. docs/algorithm.md, section 2b,
-# has the runs behind it: the two-stage recipe's validation Dice fell after its correction in 5 of 8 demo
-# runs, this one's rose in all 4.
+# Settings of `train` with no config (`make demo`): AIDE from the first epoch, K = 1, corrections after epochs
+# 4 and 8 where the twins agree, half of the labels each; docs/algorithm.md 2b has the runs behind them.
 DEMO_SETTINGS: dict[str, Any] = {
     "epochs": 8,
     "batch_size": 4,
