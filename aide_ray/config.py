@@ -342,7 +342,8 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 # Settings of `train` with no config (`make demo`): AIDE from the first epoch, K = 1, corrections after epochs
-# 4 and 8 where the twins agree, half of the labels each; docs/algorithm.md 2b has the runs behind them.
+# 4 and 8 where the twins agree, half of the labels each; a slow ramp and lr decay let a twin that starts
+# behind catch up. docs/algorithm.md 2b has the runs behind them.
 DEMO_SETTINGS: dict[str, Any] = {
     "epochs": 8,
     "batch_size": 4,
@@ -350,11 +351,11 @@ DEMO_SETTINGS: dict[str, Any] = {
     "cpus_per_worker": 1.0,
     "model.base_width": 8,
     "optim.lr": 3e-3,
-    "optim.step_epochs": 2,
+    "optim.step_epochs": 4,
     "aide.warmup_epochs": 0,
     "aide.update_every": 4,
     "aide.update_ratio": 0.5,
-    "aide.ramp_epochs": 2,
+    "aide.ramp_epochs": 8,
     "aide.consistency_weight": 1.0,
     "aide.temperature": 1.0,
     "aide.num_augmentations": 1,

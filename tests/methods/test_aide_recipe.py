@@ -132,3 +132,22 @@ def test_self_selection_ranks_a_nets_rows_by_its_own_loss():
                          small_loss_fraction=0.5, crossed=False)
     assert crossed["net1"].tolist() == [False, False, True, True]  # net2's small-loss rows
     assert own["net2"].tolist() == [False, False, True, True] and own["net1"].tolist() == [True, True, False, False]
+
+
+def test_the_step_treats_the_twins_alike_swapping_nets_and_slots_swaps_their_losses():
+    # A loss gap between net1 and net2 in a run must come from their weights, not from their names: the same
+    # two nets, named the other way round with their label slots swapped, get each other's losses.
+    # Pointwise nets see the same pixels under any flip, so the random views and twin flips do not matter.
+    aide = _aide("aide.twin_flips=true", "aide.num_augmentations=2", "aide.rotation_degrees=0",
+                 "aide.consistency_weight=1", "aide.ramp_epochs=2", "aide.small_loss_fraction=0.5")
+    torch.manual_seed(0)
+    a, b = nn.Conv2d(1, 2, 1), nn.Conv2d(1, 2, 1)
+    image = torch.randn(6, 1, 8, 8)
+    labels = (torch.rand(6, 2, 8, 8) < torch.tensor([0.3, 0.6]).view(1, 2, 1, 1)).long()  # slots differ
+    labelled, hq, index = torch.tensor([True] * 5 + [False]), torch.zeros(6, dtype=torch.bool), torch.arange(6)
+    out = aide.train_step({"net1": a, "net2": b}, Batch(image, labels, labelled, hq, index), epoch=1)
+    swapped = aide.train_step({"net1": b, "net2": a}, Batch(image, labels.flip(1), labelled, hq, index), epoch=1)
+    assert out.metrics["ramp"] == 0.25  # the consistency term is on, the unlabelled row uses it alone
+    assert swapped.metrics["loss_net1"] == pytest.approx(out.metrics["loss_net2"], rel=1e-5)
+    assert swapped.metrics["loss_net2"] == pytest.approx(out.metrics["loss_net1"], rel=1e-5)
+    assert abs(out.metrics["loss_net1"] - out.metrics["loss_net2"]) > 1e-3  # the nets differ, so the test can fail
