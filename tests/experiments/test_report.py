@@ -110,3 +110,18 @@ def test_write_results_copies_figures_and_marks_missing_settings(noisy_exp: Path
     assert "corrections" not in text  # no such PNG in the run
     assert "## Setting 3: limited labels (Shenzhen, 10% HQ labels + 90% pseudo-labels)\n\nNot run:" in text
     assert text.rstrip().endswith("## Notes")
+
+
+def test_every_page_of_the_report_command_has_its_preamble_and_postscript() -> None:
+    # `run.py report --page P` reads jobs/experiments/P_preamble.md and P_postscript.md; a missing one
+    # is a traceback after hours of experiments.
+    import importlib.util
+
+    run_py = Path(__file__).resolve().parents[2] / "jobs" / "experiments" / "run.py"
+    spec = importlib.util.spec_from_file_location("experiments_run", run_py)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for page in module.PAGES:
+        preamble = run_py.parent / f"{page}_preamble.md"
+        assert "{command}" in preamble.read_text(encoding="utf-8"), preamble
+        assert (run_py.parent / f"{page}_postscript.md").is_file(), page
