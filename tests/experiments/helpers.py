@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -9,6 +10,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+
+RUN_SCRIPT = Path(__file__).resolve().parents[2] / "jobs" / "experiments" / "run.py"
+
+
+def load_run_script():
+    """``jobs/experiments/run.py`` as a module (a script, not part of the installed package)."""
+    spec = importlib.util.spec_from_file_location("exp_run", RUN_SCRIPT)
+    run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run)
+    return run
 
 
 def write_eval(out: Path, arm: str, seed: int, dice, assd=None, hd95=None, annotators=None) -> None:

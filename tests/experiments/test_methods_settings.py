@@ -6,7 +6,6 @@ and the page is written from fake evaluation CSVs and metrics.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from aide_ray.experiments.catalogue import Inputs, get_setting, load_full_size
 from aide_ray.experiments.prepare import PrepareContext, prepare_setting, recipe_of
 from aide_ray.methods.registry import METHOD_NAMES, method_class
 
-from .helpers import make_shenzhen, write_eval, write_experiment, write_timing
+from .helpers import load_run_script, make_shenzhen, write_eval, write_experiment, write_timing
 
 REPO = Path(__file__).resolve().parents[2]
 NOISY_METHODS = {"supervised", "coteaching", "gce", "nrdice", "mae", "clslsr", "trinet", "dast", "aide"}
@@ -130,15 +129,8 @@ def test_the_limited_recipe_gives_the_semi_supervised_arms_labelled_and_unlabell
     assert int(rows["has_label"].sum()) == counts["train"]["hq"] and len(rows["has_label"]) == len(train)
 
 
-def _load_run_script():
-    spec = importlib.util.spec_from_file_location("exp_run", REPO / "jobs" / "experiments" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    return run
-
-
 def test_the_methods_page_has_one_table_per_setting_with_tests_and_throughput(tmp_path: Path) -> None:
-    run = _load_run_script()
+    run = load_run_script()
     noisy, semi = tmp_path / "exp_methods_noisy", tmp_path / "exp_methods_semi"
     arms = ["supervised_noisy_mixed", "gce_mixed", "aide_mixed"]
     write_experiment(noisy, "methods_noisy", [0], arms)

@@ -7,7 +7,6 @@ of the stages, the waits, the commands, the resume rules and the files, without 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from aide_ray.exceptions import ConfigError, InputError
 from aide_ray.experiments.catalogue import get_setting, load_setting
 from aide_ray.experiments.pipeline import RunOptions, arm_overrides, run_setting
 
-from .helpers import install_fake_cli, make_shenzhen, write_eval, write_experiment
+from .helpers import load_run_script, install_fake_cli, make_shenzhen, write_eval, write_experiment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,13 +38,6 @@ SMALL = {
     ],
     "comparisons": [["aide_lq", "sup_lq"]],
 }
-
-
-def _load_run_script():
-    spec = importlib.util.spec_from_file_location("exp_run", REPO / "jobs" / "experiments" / "run.py")
-    run = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run)
-    return run
 
 
 @pytest.fixture
@@ -150,7 +142,7 @@ def test_a_failed_run_skips_the_arms_that_need_it(small, tmp_path: Path, monkeyp
 
 
 def test_the_script_parses_a_setting_and_reports_errors(tmp_path: Path, capsys) -> None:
-    run = _load_run_script()
+    run = load_run_script()
     assert "10% HQ labels" in run.build_parser().format_help()  # a % in a title must not break --help
     args = run.build_parser().parse_args(["noisy", "--data", "d", "--out", "o", "--backend", "local", "--seeds",
                                           "0", "1", "--set", "epochs=2", "aide:aide.ramp_epochs=2", "--full"])
@@ -166,7 +158,7 @@ def test_the_script_parses_a_setting_and_reports_errors(tmp_path: Path, capsys) 
 def test_report_pages_put_their_own_text_around_the_tables(tmp_path: Path, capsys) -> None:
     """`report --page benchmark` writes the benchmark's preamble (with the command that regenerates the page);
     the default page keeps the paper settings' text. An unfinished folder is reported as not run."""
-    run = _load_run_script()
+    run = load_run_script()
     exp = tmp_path / "exp_benchmark"
     exp.mkdir()
     for page, title in (("benchmark", "# Results of the noisy-label benchmark"), ("results", "# Results of the three"),
@@ -184,7 +176,7 @@ def test_report_pages_put_their_own_text_around_the_tables(tmp_path: Path, capsy
 def test_the_scribble_page_tests_every_method_against_pce(tmp_path: Path) -> None:
     """`report --page scribbles`: the scribble preamble, Dice/ASSD/HD95 per arm, paired tests against pCE
     (per rater on QUBIQ)."""
-    run = _load_run_script()
+    run = load_run_script()
     exp = tmp_path / "exp_scribbles_qubiq"
     arms = ["supervised_full", "pce", "tv", "aide"]
     write_experiment(exp, "scribbles_qubiq", [0, 1], arms)

@@ -13,7 +13,7 @@ from aide_ray.eval.stats import format_p, format_pm
 from aide_ray.experiments.report import setting_markdown, write_results
 from aide_ray.experiments.results import collect_cases, paired_tests
 
-from .helpers import write_eval, write_experiment
+from .helpers import RUN_SCRIPT, load_run_script, write_eval, write_experiment
 
 
 def test_setting_markdown_has_tables_tests_and_wall_times(noisy_exp: Path) -> None:
@@ -115,13 +115,7 @@ def test_write_results_copies_figures_and_marks_missing_settings(noisy_exp: Path
 def test_every_page_of_the_report_command_has_its_preamble_and_postscript() -> None:
     # `run.py report --page P` reads jobs/experiments/P_preamble.md and P_postscript.md; a missing one
     # is a traceback after hours of experiments.
-    import importlib.util
-
-    run_py = Path(__file__).resolve().parents[2] / "jobs" / "experiments" / "run.py"
-    spec = importlib.util.spec_from_file_location("experiments_run", run_py)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for page in module.PAGES:
-        preamble = run_py.parent / f"{page}_preamble.md"
+    for page in load_run_script().PAGES:
+        preamble = RUN_SCRIPT.parent / f"{page}_preamble.md"
         assert "{command}" in preamble.read_text(encoding="utf-8"), preamble
-        assert (run_py.parent / f"{page}_postscript.md").is_file(), page
+        assert (RUN_SCRIPT.parent / f"{page}_postscript.md").is_file(), page
