@@ -21,7 +21,6 @@ from aide_ray.methods.registry import METHOD_NAMES, method_class
 
 from .helpers import load_run_script, make_shenzhen, write_eval, write_experiment, write_timing
 
-REPO = Path(__file__).resolve().parents[2]
 NOISY_METHODS = {"supervised", "coteaching", "gce", "nrdice", "mae", "clslsr", "trinet", "dast", "aide"}
 SCRIBBLE_METHODS = {"pce", "scribble_entmin", "tv", "mumford_shah", "gated_crf", "ustm", "dmpls"}
 

@@ -20,7 +20,6 @@ from aide_ray.experiments.pipeline import RunOptions, arm_overrides, run_setting
 
 from .helpers import load_run_script, install_fake_cli, make_shenzhen, write_eval, write_experiment
 
-REPO = Path(__file__).resolve().parents[2]
 
 # Setting 3's recipe at 16 px, with an arm that starts from another (init_from) and two on pseudo-labels.
 SMALL = {
