@@ -18,7 +18,7 @@ from aide_ray.exceptions import ConfigError, InputError
 from aide_ray.experiments.catalogue import get_setting, load_setting
 from aide_ray.experiments.pipeline import RunOptions, arm_overrides, run_setting
 
-from .helpers import load_run_script, install_fake_cli, make_shenzhen, write_eval, write_experiment
+from .helpers import install_fake_cli, load_run_script, make_shenzhen, write_eval, write_experiment
 
 
 # Setting 3's recipe at 16 px, with an arm that starts from another (init_from) and two on pseudo-labels.
