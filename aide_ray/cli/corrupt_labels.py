@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scribble-distance", type=float, default=ScribbleOptions.background_distance,
                         help="scribbles: distance of the background stroke from the foreground, pixels at "
                              "--reference-size (default 8)")
+    parser.add_argument("--scribble-border", type=float, default=ScribbleOptions.border_distance,
+                        help="scribbles: distance of the outside background stroke from the image border, pixels "
+                             "at --reference-size (default 8)")
     parser.add_argument("--labelled-fraction", type=float, default=0.1,
                         help="limited: share of train cases keeping labels (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = noise_options(args)
         scribble_options = ScribbleOptions(width=args.scribble_width, keep_fraction=args.scribble_keep,
-                                           background_distance=args.scribble_distance)
+                                           background_distance=args.scribble_distance,
+                                           border_distance=args.scribble_border)
         out = corrupt_manifest(args.manifest, args.out, args.protocol, args.seed,
                                clean_fraction=args.clean_fraction, labelled_fraction=args.labelled_fraction,
                                reference_size=args.reference_size, options=options,

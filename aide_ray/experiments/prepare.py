@@ -157,13 +157,9 @@ def shenzhen_limited(ctx: PrepareContext, *, labelled_fraction: float, pseudo_la
                     reference=clean, note=note, later={"pseudo": LaterData(pseudo_labels_from, pseudo)})
 
 
-def _scribbled(ctx: PrepareContext, manifest: Path, width: float, keep: float, distance: float) -> tuple[Path, str]:
+def _scribbled(ctx: PrepareContext, manifest: Path, options: ScribbleOptions) -> tuple[Path, str]:
     """The "scribbles" training set: ``manifest`` with its train masks made scribbles (``clean_label`` keeps the
     masks; val keeps them as labels), ingested; and a sentence on how much of the train pixels they annotate."""
-    try:
-        options = ScribbleOptions(width=width, keep_fraction=keep, background_distance=distance)
-    except ValueError as e:
-        raise ConfigError(f"prepare.options: {e}") from None
     d = data_dir(ctx.out)
     scribbled = d / "scribbles" / "manifest.csv"
     if not scribbled.is_file():
@@ -172,28 +168,39 @@ def _scribbled(ctx: PrepareContext, manifest: Path, width: float, keep: float, d
     rows = read_slices_local(shards, "train")
     annotated, fg = scribble_coverage(rows["label"][rows["scribble"]])
     return shards, (f"Train labels: scribbles drawn from the masks (`corrupt-labels --protocol scribbles`, seed "
-                    f"{NOISE_SEED}; width {width:g}, keep {keep:g}, background distance {distance:g} px at 256 px), "
+                    f"{NOISE_SEED}; width {options.width:g}, keep {options.keep_fraction:g}, background distance "
+                    f"{options.background_distance:g}, border distance {options.border_distance:g} px at 256 px), "
                     f"annotating {annotated:.1%} of the train pixels at the training size ({fg:.1%} foreground).")
 
 
+def _scribble_options(width: float, keep: float, distance: float, border: float) -> ScribbleOptions:
+    try:
+        return ScribbleOptions(width=width, keep_fraction=keep, background_distance=distance, border_distance=border)
+    except ValueError as e:
+        raise ConfigError(f"prepare.options: {e}") from None
+
+
 def shenzhen_scribbles(ctx: PrepareContext, *, scribble_width: float = 3.0, scribble_keep: float = 0.8,
-                       scribble_distance: float = 8.0) -> Prepared:
+                       scribble_distance: float = 8.0, scribble_border: float = 8.0) -> Prepared:
     """Scribbles on Shenzhen: the clean manifest ("clean") and its copy with scribbled train masks ("scribbles")."""
     d = data_dir(ctx.out)
     d.mkdir(parents=True, exist_ok=True)
     clean = d / "clean.csv"
     if not clean.is_file():
         shenzhen_manifest(ctx.data, clean, split_seed=NOISE_SEED)
-    shards, note = _scribbled(ctx, clean, scribble_width, scribble_keep, scribble_distance)
+    options = _scribble_options(scribble_width, scribble_keep, scribble_distance, scribble_border)
+    shards, note = _scribbled(ctx, clean, options)
     return Prepared(train={"scribbles": shards, "clean": ingest_once(clean, d / "shards_clean", ctx.inputs)},
                     reference=clean, note=f"Cases (train, val, test): {case_counts(clean)}. {note} Validation and test "
                                           f"references: the original masks.")
 
 
 def qubiq_scribbles(ctx: PrepareContext, *, rater: str = "rater1", scribble_width: float = 3.0,
-                    scribble_keep: float = 0.8, scribble_distance: float = 8.0) -> Prepared:
+                    scribble_keep: float = 0.8, scribble_distance: float = 8.0,
+                    scribble_border: float = 8.0) -> Prepared:
     """Scribbles on QUBIQ: ``rater``'s train and val masks ("clean") and their copy with scribbled train masks
     ("scribbles"); the test split is scored against every rater, as setting 2."""
+    options = _scribble_options(scribble_width, scribble_keep, scribble_distance, scribble_border)
     every = _qubiq_raters(ctx)
     df = read_manifest(every)
     one = data_dir(ctx.out) / f"train_{rater}.csv"
@@ -202,7 +209,7 @@ def qubiq_scribbles(ctx: PrepareContext, *, rater: str = "rater1", scribble_widt
         if table.empty:
             raise ConfigError(f"prepare.options.rater must be one of {sorted(set(df['annotator']))}, got {rater!r}")
         write_manifest(table, one)
-    shards, note = _scribbled(ctx, one, scribble_width, scribble_keep, scribble_distance)
+    shards, note = _scribbled(ctx, one, options)
     return Prepared(train={"scribbles": shards, "clean": ingest_once(one, data_dir(ctx.out) / "shards_clean",
                                                                      ctx.inputs)},
                     reference=every, note=f"Cases (train, val, test): {case_counts(every)}; {rater}'s masks. {note} "

@@ -82,17 +82,25 @@ def test_stroke_follows_the_skeleton_at_the_documented_width_and_keep_fraction()
     assert (thick[32] == 1).sum() == 5
 
 
-def test_background_stroke_is_a_ring_at_the_documented_distance():
+def test_background_strokes_are_a_ring_and_a_frame_at_the_documented_distances():
     mask = np.zeros((64, 64), np.uint8)
     mask[24:40, 24:40] = 1
-    opts = ScribbleOptions(width=1, keep_fraction=1.0, background_distance=6)
+    opts = ScribbleOptions(width=1, keep_fraction=1.0, background_distance=6, border_distance=3)
     scribble = draw_scribbles(mask, np.random.default_rng(0), options=opts)
     to_foreground = ndimage.distance_transform_edt(mask == 0)
-    ring = scribble == 0
-    assert ring.any() and ((to_foreground[ring] >= 6) & (to_foreground[ring] < 7)).all()
-    # Scaled like the noise radii: 6 px at 256 is 1.5 -> 2 px at 64.
+    rows, cols = np.indices(mask.shape)
+    to_border = np.minimum.reduce([rows, cols, 63 - rows, 63 - cols])
+    ring = (to_foreground >= 6) & (to_foreground < 7)
+    frame = to_border == 3
+    # Every background scribble pixel lies on one of the two curves, and with keep 1 both are drawn whole.
+    np.testing.assert_array_equal(scribble == 0, ring | frame)
+    # Scaled like the noise radii: 6 px at 256 is 1.5 -> 2 px at 64, 3 px is 0.75 -> 1 px.
     small = draw_scribbles(mask, np.random.default_rng(0), scale=0.25, options=opts)
-    assert (to_foreground[small == 0] < 3).all()
+    np.testing.assert_array_equal(small == 0, ((to_foreground >= 2) & (to_foreground < 3)) | (to_border == 1))
+    # The frame is cut to the background: a structure on it keeps its class there.
+    mask[0:10, 20:30] = 1
+    cut = draw_scribbles(mask, np.random.default_rng(0), options=opts)
+    assert not ((cut == 0) & (mask == 1)).any() and ((cut == 0) & frame).any()
 
 
 def test_slice_without_foreground_gets_a_background_stroke_and_coverage_is_bounded():
@@ -168,16 +176,19 @@ def test_a_failure_leaves_no_output_and_no_temporary_folder(tmp_path, write_volu
 def test_cli_scribbles_with_options(tmp_path, write_volume, blob, capsys):
     src = _manifest(tmp_path, write_volume, blob)
     code = main(["corrupt-labels", str(src), "--out", str(tmp_path / "s"), "--protocol", "scribbles",
-                 "--scribble-width", "8", "--scribble-keep", "1", "--scribble-distance", "16"])
+                 "--scribble-width", "8", "--scribble-keep", "1", "--scribble-distance", "16",
+                 "--scribble-border", "16"])
     assert code == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"wrote {tmp_path / 's' / 'manifest.csv'} (train rows: none 1, scribble 2)")
     assert "% of the pixels (mean over cases)" in line
     scribble = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "s" / "labels" / "c0.nii.gz")))
-    # 8 px at 256 is 1 px at 32: strokes one pixel wide; 16 px at 256 is 2 px from the disc.
+    # 8 px at 256 is 1 px at 32: strokes one pixel wide; 16 px at 256 is 2 px from the disc and from the border.
     mask = blob(radius=6)
     to_disc = ndimage.distance_transform_edt(mask[0] == 0)
-    assert ((to_disc[scribble[0] == 0] >= 2) & (to_disc[scribble[0] == 0] < 3)).all()
+    rows, cols = np.indices(mask[0].shape)
+    to_border = np.minimum.reduce([rows, cols, 31 - rows, 31 - cols])
+    np.testing.assert_array_equal(scribble[0] == 0, ((to_disc >= 2) & (to_disc < 3)) | (to_border == 2))
     assert main(["corrupt-labels", str(src), "--out", str(tmp_path / "t"), "--protocol", "scribbles",
                  "--scribble-keep", "1.5"]) == 2
     assert "keep fraction must be in (0, 1]" in capsys.readouterr().err
