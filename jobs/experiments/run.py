@@ -9,6 +9,7 @@
         --out docs/results_scribbles.md   # after `run.py scribbles ...`, `run.py scribbles_qubiq ...`
     python jobs/experiments/run.py report runs/exp_methods_noisy runs/exp_methods_semi --page methods \
         --out docs/results_methods.md     # after `run.py methods_noisy ...`, `run.py methods_semi ...`
+    python jobs/experiments/run.py archive runs/exp_scribbles_qubiq --to results/exp_scribbles_qubiq
 
 Options of the three settings: ``--seeds 0 1 2`` (training seeds; the data split and the
 label noise keep seed 0), ``--arms a b`` (a subset), ``--full`` (the paper's GPU size),
@@ -21,7 +22,9 @@ the command line and calls aide_ray.experiments (pipeline.run_setting, report.wr
 Per arm and seed: train -> predict the test split with the best checkpoint -> evaluate against
 the HQ test masks (-> figures of AIDE arms). Finished steps are skipped on a rerun, so an
 interrupted recipe continues where it stopped. Wall time of every stage goes to
-``OUT/timing/``. See docs/experiments.md.
+``OUT/timing/``. ``archive`` keeps an experiment folder's numbers (no data, checkpoints or
+predictions) where they can be versioned: ``report`` reads the archive as the folder, and an
+archive copied back to OUT lets a setting go on where it stopped. See docs/experiments.md.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ if str(REPO) not in sys.path:  # run from a fresh checkout without installing
     sys.path.insert(0, str(REPO))
 
 from aide_ray.exceptions import AideRayError  # noqa: E402
+from aide_ray.experiments.archive import archive_experiment  # noqa: E402
 from aide_ray.experiments.catalogue import settings  # noqa: E402
 from aide_ray.experiments.pipeline import BACKENDS, RunOptions, run_setting  # noqa: E402
 from aide_ray.experiments.report import write_results  # noqa: E402
@@ -57,6 +61,12 @@ def run_report(args: argparse.Namespace) -> int:
     path = write_results(args.experiments, args.out, preamble=preamble,
                          postscript=(EXP_DIR / f"{args.page}_postscript.md").read_text(encoding="utf-8"), figure_runs=figure_runs)
     print(f"wrote {path}")
+    return 0
+
+
+def run_archive(args: argparse.Namespace) -> int:
+    path, runs = archive_experiment(args.experiment, args.to)
+    print(f"wrote {path} ({runs} evaluated runs)")
     return 0
 
 
@@ -90,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/results_methods.md, the noisy-label and semi-supervised methods of the field)")
     p.add_argument("--figures", nargs="*", default=[], metavar="EXP:ARM_sSEED",
                    help="runs whose `aide-ray figures` PNGs are copied next to --out and shown")
+    p = sub.add_parser("archive", help="copy an experiment folder's numbers (no data or checkpoints) to --to")
+    p.add_argument("experiment", help="experiment folder (OUT of a setting)")
+    p.add_argument("--to", required=True, help="archive folder, replaced if it exists (e.g. results/<OUT's name>)")
     return parser
 
 
@@ -105,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "report":
             return run_report(args)
+        if args.command == "archive":
+            return run_archive(args)
         return run_setting(settings()[args.setting], options(args))
     except AideRayError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
