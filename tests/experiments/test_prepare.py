@@ -125,7 +125,7 @@ def test_the_shenzhen_scribble_recipe_scribbles_train_masks_only(tmp_path: Path)
     assert set(np.unique(labels)) == {0, 1, 255}
     share = float(re.search(r"annotating ([0-9.]+)% of the train pixels", prepared.note).group(1))
     assert 0.5 < share < 50 and prepared.note.startswith("Cases (train, val, test): train 14, val 2, test 4.")
-    assert "width 5, keep 0.8, background distance 8 px" in prepared.note
+    assert "width 5, keep 0.8, background distance 8, border distance 8 px" in prepared.note
     stamp = (prepared.train["scribbles"] / "dataset.json").stat().st_mtime_ns
     assert prepare_setting(get_setting("scribbles"), ctx).note == prepared.note  # made once, the same again
     assert (prepared.train["scribbles"] / "dataset.json").stat().st_mtime_ns == stamp
