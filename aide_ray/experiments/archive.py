@@ -8,7 +8,8 @@ finished (tested), in the same layout:
 
     ARCHIVE/experiment.json, configs/*.yaml, timing/*.json
     ARCHIVE/eval/<arm>_s<seed>/per_case.csv
-    ARCHIVE/train/<arm>_s<seed>/{config.yaml, metrics.csv, train_scores.csv}
+    ARCHIVE/train/<arm>_s<seed>/{config.yaml, metrics.csv}
+    ARCHIVE/train/<aide arm>_s<seed>/train_scores.csv.gz   (the label-correction table's source)
 
 so that ``run.py report ARCHIVE`` writes the same tables as from ``OUT``, and copying
 the archive back to ``OUT`` lets ``run.py <setting> --out OUT`` skip the runs it holds
@@ -18,6 +19,7 @@ stay behind (``--figures`` needs the original folder).
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import tempfile
@@ -25,11 +27,15 @@ from pathlib import Path
 
 from aide_ray.exceptions import InputError
 from aide_ray.experiments.layout import EXPERIMENT_FILE, PER_CASE_FILE
+from aide_ray.experiments.results import shows_label_quality
 from aide_ray.runs.folder import CONFIG_FILE, HISTORY_FILE, SCORES_FILE
 
 __all__ = ["archive_experiment"]
 
-_RUN_FILES = (CONFIG_FILE, HISTORY_FILE, SCORES_FILE)
+_RUN_FILES = (CONFIG_FILE, HISTORY_FILE)
+# Per-row scores of every epoch: a few MB per Shenzhen run, read by the report only for the arms that correct
+# labels; kept gzipped (the report reads either name).
+_SCORES_ARCHIVED = SCORES_FILE + ".gz"
 
 
 def _kept_files(out: Path) -> list[Path]:
@@ -41,7 +47,19 @@ def _kept_files(out: Path) -> list[Path]:
         run = per_case.parent.name
         kept.append(per_case.relative_to(out))
         kept += [Path("train", run, name) for name in _RUN_FILES if (out / "train" / run / name).is_file()]
+        arm = run.rsplit("_s", 1)[0]
+        if shows_label_quality(arm) and (out / "train" / run / SCORES_FILE).is_file():
+            kept.append(Path("train", run, _SCORES_ARCHIVED))
     return kept
+
+
+def _copy(src_root: Path, rel: Path, dst_root: Path) -> None:
+    (dst_root / rel).parent.mkdir(parents=True, exist_ok=True)
+    if rel.name == _SCORES_ARCHIVED:
+        with open(src_root / rel.with_name(SCORES_FILE), "rb") as src, gzip.open(dst_root / rel, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        shutil.copy2(src_root / rel, dst_root / rel)
 
 
 def archive_experiment(out_dir: str | os.PathLike, archive_dir: str | os.PathLike) -> tuple[Path, int]:
@@ -66,8 +84,7 @@ def archive_experiment(out_dir: str | os.PathLike, archive_dir: str | os.PathLik
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         for rel in files:
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(out / rel, tmp / rel)
+            _copy(out, rel, tmp)
         old = dest.with_name(f".{dest.name}.old") if dest.exists() else None
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

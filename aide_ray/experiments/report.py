@@ -25,8 +25,8 @@ from aide_ray.eval.stats import format_p, format_pm
 from aide_ray.experiments.catalogue import Setting, get_setting, settings
 from aide_ray.experiments.layout import EXPERIMENT_FILE, run_name
 from aide_ray.experiments.results import (KEYS, TABLE_METRICS, arm_run_info, collect_cases, label_quality,
-                                          load_experiment, paired_tests, summary_table, train_throughput,
-                                          unfinished_note, wall_times)
+                                          load_experiment, paired_tests, shows_label_quality, summary_table,
+                                          train_throughput, unfinished_note, wall_times)
 from aide_ray.runs.folder import FIGURES_DIR
 
 __all__ = ["FIGURE_MAX_PIXELS", "setting_markdown", "write_results"]
@@ -178,7 +178,7 @@ def _test_lines(spec: Setting, cases: pd.DataFrame, done: Sequence[str], titles:
 def _quality_lines(out_dir: Path, backend: str, done: Sequence[str], seeds: Sequence[int],
                    titles: dict[str, str]) -> list[str]:
     """One table per AIDE run: the training labels' Dice against the HQ labels per epoch and net."""
-    quality = [(arm, seed, label_quality(out_dir, arm, seed)) for arm in done if arm.startswith("aide")
+    quality = [(arm, seed, label_quality(out_dir, arm, seed)) for arm in done if shows_label_quality(arm)
                for seed in seeds]
     quality = [(arm, seed, q) for arm, seed, q in quality if q is not None]
     if not quality:

@@ -28,7 +28,8 @@ from aide_ray.experiments.layout import EXPERIMENT_FILE, PER_CASE_FILE, eval_dir
 from aide_ray.runs.folder import CHECKPOINT_PREFIX, CONFIG_FILE, HISTORY_FILE, SCORES_FILE
 
 __all__ = ["KEYS", "TABLE_METRICS", "Experiment", "load_experiment", "collect_cases", "summary_table",
-           "paired_tests", "wall_times", "label_quality", "unfinished_note", "arm_run_info", "train_throughput"]
+           "paired_tests", "wall_times", "shows_label_quality", "label_quality", "unfinished_note", "arm_run_info",
+           "train_throughput"]
 
 KEYS = ("case_id", "annotator")  # what pairs two arms' rows; seeds are averaged first
 TABLE_METRICS = ("dice", "assd", "hd95")  # the paper's metrics
@@ -223,6 +224,11 @@ def wall_times(out_dir: str | os.PathLike) -> pd.DataFrame:
     return table.sort_values(["arm", "seed", "stage"], ignore_index=True)
 
 
+def shows_label_quality(arm: str) -> bool:
+    """Whether the page has a label-correction table for ``arm`` (AIDE's arms, the ones that correct labels)."""
+    return arm.startswith("aide")
+
+
 def label_quality(out_dir: str | os.PathLike, arm: str, seed: int) -> pd.DataFrame | None:
     """Mean Dice of each net's current training labels against the HQ labels, per epoch.
 
@@ -236,7 +242,9 @@ def label_quality(out_dir: str | os.PathLike, arm: str, seed: int) -> pd.DataFra
     """
     path = train_dir(Path(out_dir), arm, seed) / SCORES_FILE
     if not path.is_file():
-        return None
+        path = path.with_name(SCORES_FILE + ".gz")  # as an archive keeps it (aide_ray.experiments.archive)
+        if not path.is_file():
+            return None
     scores = pd.read_csv(path)
     for col in ("epoch", "slot", "dice_label_vs_clean"):
         if col not in scores.columns:

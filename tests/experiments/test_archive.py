@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +30,8 @@ def _with_bulk(exp: Path) -> Path:
     pd.DataFrame({"epoch": [0, 0], "sample_index": [0, 0], "slot": [0, 1], "dice_pred_vs_label": 0.5,
                   "dice_label_vs_clean": [0.8, 0.7]}).to_csv(exp / "train" / "aide_s0" / "train_scores.csv",
                                                             index=False)
+    # Every run writes per-row scores; only the arms that correct labels have a table made from them.
+    shutil.copy(exp / "train" / "aide_s0" / "train_scores.csv", exp / "train" / "supervised_noisy_s0")
     for bulk in ("pred/aide_s0/c00.nii.gz", "data/shards_noisy/part-0.parquet", "logs/train_aide_s0.log"):
         (exp / bulk).parent.mkdir(parents=True, exist_ok=True)
         (exp / bulk).write_bytes(b"\0" * 100)
@@ -53,13 +56,14 @@ def test_the_archive_keeps_the_numbers_of_evaluated_runs_and_reports_the_same(no
         "timing/predict_supervised_noisy_s0.json",
         *(f"eval/{run}/per_case.csv" for run in ("aide_s0", "aide_s1", "supervised_noisy_s0", "supervised_noisy_s1",
                                                  "coteaching_s0")),
-        "train/aide_s0/metrics.csv", "train/aide_s0/config.yaml", "train/aide_s0/train_scores.csv",
+        "train/aide_s0/metrics.csv", "train/aide_s0/config.yaml", "train/aide_s0/train_scores.csv.gz",
         "train/supervised_noisy_s0/metrics.csv", "train/supervised_noisy_s0/config.yaml",
         "train/coteaching_s0/metrics.csv", "train/coteaching_s0/config.yaml"}
     # The same page, but for the note on the unfinished run, which stays with the folder.
     unfinished = "- `coteaching_s1`: training finished, but it has no test evaluation (see `logs/`).\n"
     assert unfinished in setting_markdown(exp)
     assert setting_markdown(dest) == setting_markdown(exp).replace(unfinished, "")
+    assert "| epoch | AIDE λ=10, noisy labels s0, net1 |" in setting_markdown(dest)  # read from the .gz
 
     # Archiving again replaces the archive (a run evaluated since is added; nothing of the old one lingers).
     write_eval(exp, "coteaching", 1, [0.8, 0.8, 0.8, 0.8, 0.8])
