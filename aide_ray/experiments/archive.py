@@ -22,9 +22,9 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
+from aide_ray._internal.io import atomic_dir
 from aide_ray.exceptions import InputError
 from aide_ray.experiments.layout import EXPERIMENT_FILE, PER_CASE_FILE
 from aide_ray.experiments.results import shows_label_quality
@@ -56,7 +56,9 @@ def _kept_files(out: Path) -> list[Path]:
 def _copy(src_root: Path, rel: Path, dst_root: Path) -> None:
     (dst_root / rel).parent.mkdir(parents=True, exist_ok=True)
     if rel.name == _SCORES_ARCHIVED:
-        with open(src_root / rel.with_name(SCORES_FILE), "rb") as src, gzip.open(dst_root / rel, "wb") as dst:
+        # mtime=0: archiving unchanged scores again gives the same bytes (no churn in version control).
+        with open(src_root / rel.with_name(SCORES_FILE), "rb") as src, \
+                gzip.GzipFile(dst_root / rel, "wb", mtime=0) as dst:
             shutil.copyfileobj(src, dst)
     else:
         shutil.copy2(src_root / rel, dst_root / rel)
@@ -80,19 +82,7 @@ def archive_experiment(out_dir: str | os.PathLike, archive_dir: str | os.PathLik
     if dest == out or out in dest.parents:
         raise InputError(f"{archive_dir}: the archive must lie outside the experiment folder {out_dir}")
     files = _kept_files(out)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest, overwrite=True) as tmp:
         for rel in files:
             _copy(out, rel, tmp)
-        old = dest.with_name(f".{dest.name}.old") if dest.exists() else None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-            dest.rename(old)
-        tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest, sum(1 for rel in files if rel.name == PER_CASE_FILE)
